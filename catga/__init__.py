@@ -1,0 +1,68 @@
+"""catga: an asyncio mediator/CQRS framework with MQTT-style quality of service.
+
+``await mediator.send(command)`` runs a command's one handler and returns its result;
+``await mediator.publish(event)`` runs every handler of an event. Each message has a
+QoS (at most once, at least once, exactly once) that catga keeps in process and over
+the in-memory, Redis and NATS transports.
+"""
+
+from __future__ import annotations
+
+from . import exceptions, typing
+from ._behaviors import (
+    DeadLetterBehavior,
+    LoggingBehavior,
+    RetryBehavior,
+    TimeoutBehavior,
+    ValidationBehavior,
+)
+from ._chains import Order
+from ._dead_letters import DeadLetterEntry, InMemoryDeadLetterQueue
+from ._idempotency import IdempotencyBehavior
+from ._mediator import Mediator
+from ._memory_store import InMemoryIdempotencyStore
+from ._messages import Command, Event, Message, QoS, message_name, new_message_id
+from ._options import CatgaOptions, IdempotencyOptions, RetryPolicy
+from ._pipeline import Context, NoResolver, Resolver
+from ._registry import HandlerInfo, HandlerRegistry, handles
+from ._serializer import JsonSerializer
+from .exceptions import CatgaError
+from .typing import Behavior, Envelope, IdempotencyStore, Serializer, Transport
+
+__all__ = [
+    "Behavior",
+    "CatgaError",
+    "CatgaOptions",
+    "Command",
+    "Context",
+    "DeadLetterBehavior",
+    "DeadLetterEntry",
+    "Envelope",
+    "Event",
+    "HandlerInfo",
+    "HandlerRegistry",
+    "IdempotencyBehavior",
+    "IdempotencyOptions",
+    "IdempotencyStore",
+    "InMemoryDeadLetterQueue",
+    "InMemoryIdempotencyStore",
+    "JsonSerializer",
+    "LoggingBehavior",
+    "Mediator",
+    "Message",
+    "NoResolver",
+    "Order",
+    "QoS",
+    "Resolver",
+    "RetryBehavior",
+    "RetryPolicy",
+    "Serializer",
+    "TimeoutBehavior",
+    "Transport",
+    "ValidationBehavior",
+    "exceptions",
+    "handles",
+    "message_name",
+    "new_message_id",
+    "typing",
+]

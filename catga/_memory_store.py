@@ -1,0 +1,113 @@
+"""In-memory idempotency store: bounded, with leases and retention like the real ones."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from attrs import define
+
+from .exceptions import StoreError
+from .typing import Acquired, ClaimResult, Done, InProgress
+
+__all__ = ["InMemoryIdempotencyStore"]
+
+_IN_PROGRESS = InProgress()
+
+
+@define(slots=True)
+class _Entry:
+    token: str | None  # None once done
+    expires: float
+    result: bytes = b""
+
+
+class InMemoryIdempotencyStore:
+    """An :class:`~catga.typing.IdempotencyStore` in this process's memory.
+
+    Entries expire (leases after ``lease``, results after ``ttl``) and at most
+    ``max_entries`` are kept: when full, expired entries are swept, then the oldest
+    completed ones are dropped. Leases held by running attempts are never dropped;
+    when every entry is a live lease, ``claim`` raises :class:`StoreError`.
+
+    Args:
+        max_entries: bound on keys held at once.
+        clock: seconds, monotonic; tests may pass their own.
+    """
+
+    def __init__(
+        self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._entries: dict[str, _Entry] = {}
+        self._max = max_entries
+        self._clock = clock
+        self._tokens = itertools.count(1)
+
+    async def claim(self, key: str, lease: float) -> ClaimResult:
+        """Take the key, or report it in progress or done (see the protocol)."""
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires > now:
+            return _IN_PROGRESS if entry.token is not None else Done(entry.result)
+        if entry is None and len(self._entries) >= self._max:
+            self._make_room(now)
+        token = str(next(self._tokens))
+        # Re-insert so iteration order stays oldest-first for eviction.
+        self._entries.pop(key, None)
+        self._entries[key] = _Entry(token, now + lease)
+        return Acquired(token)
+
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        """Renew the lease if ``token`` still owns it."""
+        entry = self._owned(key, token)
+        if entry is None:
+            return False
+        entry.expires = self._clock() + lease
+        return True
+
+    async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
+        """Store the result if ``token`` still owns the key."""
+        entry = self._owned(key, token)
+        if entry is None:
+            return False
+        entry.token, entry.result, entry.expires = None, result, self._clock() + ttl
+        return True
+
+    async def release(self, key: str, token: str) -> None:
+        """Drop the lease if ``token`` still owns it."""
+        if self._owned(key, token) is not None:
+            del self._entries[key]
+
+    async def aclose(self) -> None:
+        """Nothing to close; kept for the protocol."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _owned(self, key: str, token: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.token != token or entry.expires <= self._clock():
+            return None
+        return entry
+
+    def _make_room(self, now: float) -> None:
+        expired = [k for k, e in self._entries.items() if e.expires <= now]
+        for k in expired:
+            del self._entries[k]
+        if len(self._entries) < self._max:
+            return
+        # Drop the oldest tenth of completed results at once so the sweep is amortised.
+        budget = max(1, self._max // 10)
+        done = list(
+            itertools.islice((k for k, e in self._entries.items() if e.token is None), budget)
+        )
+        for k in done:
+            del self._entries[k]
+        if len(self._entries) >= self._max:
+            raise StoreError(
+                f"idempotency store is full: {self._max} attempts in progress at once; "
+                "raise max_entries or lower concurrency"
+            )

@@ -1,0 +1,152 @@
+"""The per-dispatch context, chain composition and handler invocation with injection."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
+
+from ._messages import QoS
+from ._registry import HandlerInfo
+from .exceptions import DependencyError
+from .typing import Behavior, Delivery, Next
+
+__all__ = ["Context", "NoResolver", "Resolver", "compose", "make_terminal"]
+
+Getter = Callable[[], Any]
+
+
+class Context:
+    """What a behaviour knows about the dispatch it wraps.
+
+    Attributes:
+        message_type: the message's class.
+        handler: the handler this chain ends in.
+        qos: the effective quality of service.
+        attempt: 1 on the first attempt, raised by the retry behaviour.
+        delivery: the transport delivery when the message came from a broker, else ``None``.
+        items: free space for behaviours to share values within one dispatch.
+    """
+
+    __slots__ = ("attempt", "delivery", "handler", "items", "message_type", "qos")
+
+    def __init__(
+        self,
+        message_type: type[Any],
+        handler: HandlerInfo,
+        qos: QoS,
+        delivery: Delivery | None = None,
+    ) -> None:
+        self.message_type = message_type
+        self.handler = handler
+        self.qos = qos
+        self.attempt = 1
+        self.delivery = delivery
+        self.items: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Context({self.message_type.__qualname__}, handler={self.handler.name}, "
+            f"qos={self.qos.name}, attempt={self.attempt})"
+        )
+
+
+def compose(behaviors: Sequence[Behavior], terminal: Next) -> Next:
+    """Wrap ``terminal`` in ``behaviors`` (the first one outermost), once, for reuse."""
+    call = terminal
+    for behavior in reversed(behaviors):
+        call = _link(behavior, call)
+    return call
+
+
+def _link(behavior: Behavior, inner: Next) -> Next:
+    # A plain closure returns the behaviour's coroutine itself: no extra frame per step.
+    def step(message: Any, ctx: Any) -> Awaitable[Any]:
+        return behavior(message, ctx, inner)
+
+    return step
+
+
+class Resolver(Protocol):
+    """Finds the value for a handler parameter; asked once per handler, not per message."""
+
+    def resolve(self, parameter: inspect.Parameter, handler: HandlerInfo) -> Getter | None:
+        """Return a zero-argument callable producing the value, or ``None`` if unknown."""
+        ...
+
+
+class NoResolver:
+    """Resolves nothing: handlers may only have parameters with defaults."""
+
+    def resolve(self, parameter: inspect.Parameter, handler: HandlerInfo) -> Getter | None:
+        """Return ``None``: no container."""
+        return None
+
+
+def make_terminal(info: HandlerInfo, resolver: Resolver) -> Next:
+    """Build the innermost step that calls the handler with its injected parameters.
+
+    Raises:
+        DependencyError: a parameter without a default that the resolver does not know.
+    """
+    call_getters = _getters(info.parameters, info, resolver)
+    if info.call is not None:
+        func = info.call
+        if not call_getters:
+            return lambda message, ctx: func(message)
+        return _with_scope(lambda kwargs: func, call_getters, ())
+    cls = info.target
+    init_getters = _getters(info.init_parameters, info, resolver)
+    return _with_scope(lambda kwargs: cls(**kwargs).handle, call_getters, init_getters)
+
+
+def _getters(
+    params: tuple[inspect.Parameter, ...], info: HandlerInfo, resolver: Resolver
+) -> tuple[tuple[str, Getter], ...]:
+    getters = []
+    for param in params:
+        getter = resolver.resolve(param, info)
+        if getter is None:
+            if param.default is not param.empty:
+                continue
+            raise DependencyError(
+                f"handler {info.name} parameter {param.name!r} has no provider: add a provider "
+                f"named {param.name!r} to the container, or give the parameter a default"
+            )
+        getters.append((param.name, getter))
+    return tuple(getters)
+
+
+def _with_scope(
+    target: Callable[[dict[str, Any]], Callable[..., Awaitable[Any]]],
+    call_getters: tuple[tuple[str, Getter], ...],
+    init_getters: tuple[tuple[str, Getter], ...],
+) -> Next:
+    async def invoke(message: Any, ctx: Any) -> Any:
+        async with AsyncExitStack() as scope:
+            init_kwargs = {name: await _value(get(), scope) for name, get in init_getters}
+            kwargs = {name: await _value(get(), scope) for name, get in call_getters}
+            return await target(init_kwargs)(message, **kwargs)
+
+    return invoke
+
+
+async def _value(value: Any, scope: AsyncExitStack) -> Any:
+    """Turn a provided value into the argument: await it, or open it as a per-message resource."""
+    if inspect.isawaitable(value):
+        value = await value
+    if inspect.isasyncgen(value):
+        agen = value
+        value = await agen.__anext__()
+        scope.push_async_callback(_finish, agen)
+    return value
+
+
+async def _finish(agen: Any) -> None:
+    try:
+        await agen.__anext__()
+    except StopAsyncIteration:
+        return
+    await agen.aclose()
+    raise DependencyError(f"resource generator {agen!r} yielded more than once")

@@ -1,0 +1,84 @@
+"""The default wire format: JSON through msgspec (attrs classes encode natively)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from .exceptions import SerializationError
+from .typing import Envelope
+
+__all__ = ["JsonSerializer"]
+
+T = TypeVar("T")
+
+
+class JsonSerializer:
+    """JSON via msgspec: 4x faster than cattrs+orjson here (``python -m bench.serializer``).
+
+    Decoding validates shape and types against the target class, so a payload
+    never becomes anything but the type the registry named.
+    """
+
+    content_type = "application/json"
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+        self._envelopes = msgspec.json.Decoder(Envelope)
+
+    def encode(self, value: Any) -> bytes:
+        """Encode a message or result to JSON bytes.
+
+        Raises:
+            SerializationError: the value holds something JSON cannot carry.
+        """
+        try:
+            return self._encoder.encode(value)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationError(
+                f"cannot encode {type(value).__qualname__}: {exc}; use JSON-friendly "
+                "field types (str, int, float, bool, Decimal, datetime, UUID, lists, dicts, "
+                "attrs classes)"
+            ) from exc
+
+    def decode(self, data: bytes, type_: type[T]) -> T:
+        """Decode JSON bytes into ``type_``.
+
+        Raises:
+            SerializationError: malformed JSON or a shape that does not fit ``type_``.
+        """
+        decoder = self._decoders.get(type_)
+        if decoder is None:
+            decoder = self._decoders[type_] = self._new_decoder(type_)
+        try:
+            return decoder.decode(data)  # type: ignore[no-any-return]
+        except msgspec.DecodeError as exc:
+            raise SerializationError(f"cannot decode {_name(type_)}: {exc}") from exc
+
+    def encode_envelope(self, envelope: Envelope) -> bytes:
+        """Encode a whole envelope (the body travels base64-encoded)."""
+        return self._encoder.encode(envelope)
+
+    def decode_envelope(self, data: bytes) -> Envelope:
+        """Decode a whole envelope.
+
+        Raises:
+            SerializationError: malformed bytes.
+        """
+        try:
+            return self._envelopes.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SerializationError(f"cannot decode envelope: {exc}") from exc
+
+    @staticmethod
+    def _new_decoder(type_: Any) -> msgspec.json.Decoder[Any]:
+        try:
+            return msgspec.json.Decoder(type_)
+        except TypeError as exc:
+            raise SerializationError(f"{_name(type_)} cannot be decoded from JSON: {exc}") from exc
+
+
+def _name(type_: Any) -> str:
+    return getattr(type_, "__qualname__", repr(type_))
