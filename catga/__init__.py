@@ -17,6 +17,7 @@ from ._behaviors import (
     ValidationBehavior,
 )
 from ._chains import Order
+from ._container import CatgaContainer, ContainerResolver
 from ._dead_letters import DeadLetterEntry, InMemoryDeadLetterQueue
 from ._idempotency import IdempotencyBehavior
 from ._mediator import Mediator
@@ -26,14 +27,17 @@ from ._options import CatgaOptions, IdempotencyOptions, RetryPolicy
 from ._pipeline import Context, NoResolver, Resolver
 from ._registry import HandlerInfo, HandlerRegistry, handles
 from ._serializer import JsonSerializer
+from ._worker import Worker, WorkerHealth, WorkerState
 from .exceptions import CatgaError
 from .typing import Behavior, Envelope, IdempotencyStore, Serializer, Transport
 
 __all__ = [
     "Behavior",
+    "CatgaContainer",
     "CatgaError",
     "CatgaOptions",
     "Command",
+    "ContainerResolver",
     "Context",
     "DeadLetterBehavior",
     "DeadLetterEntry",
@@ -60,6 +64,9 @@ __all__ = [
     "TimeoutBehavior",
     "Transport",
     "ValidationBehavior",
+    "Worker",
+    "WorkerHealth",
+    "WorkerState",
     "exceptions",
     "handles",
     "message_name",

@@ -69,7 +69,11 @@ class Mediator:
         self.store = store if store is not None else InMemoryIdempotencyStore()
         self.transport = transport
         self.serializer = serializer if serializer is not None else JsonSerializer()
-        self.dead_letters = dead_letters or InMemoryDeadLetterQueue(self.options.dead_letter_limit)
+        self.dead_letters = (
+            dead_letters
+            if dead_letters is not None
+            else InMemoryDeadLetterQueue(self.options.dead_letter_limit)
+        )
         self._keeper = LeaseKeeper(self.store, self.options.idempotency.lease)
         self._builder = PlanBuilder(
             registry=self.registry,

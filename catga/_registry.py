@@ -82,6 +82,13 @@ class HandlerRegistry:
         if handlers:
             self.register(*handlers)
 
+    @classmethod
+    def from_modules(cls, *modules: types.ModuleType | str) -> HandlerRegistry:
+        """Return a registry holding every handler found in ``modules`` (see :meth:`scan`)."""
+        registry = cls()
+        registry.scan(*modules)
+        return registry
+
     def register(self, *handlers: Any) -> None:
         """Register handlers marked with ``@handles`` (functions, classes or instances).
 
