@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -137,21 +138,27 @@ class LeaseKeeper:
 
     def hold(self, key: str, token: str) -> None:
         """Start renewing ``key`` while it is held."""
-        loop = asyncio.get_running_loop()
-        self._held[key] = (token, loop.time())
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._renew(), name="catga-lease-keeper")
+        self._held[key] = (token, time.monotonic())
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._renew(), name="catga-lease-keeper"
+            )
 
     def drop(self, key: str) -> None:
         """Stop renewing ``key``."""
         self._held.pop(key, None)
 
     async def _renew(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            await self._renew_held()
+        finally:
+            self._task = None
+
+    async def _renew_held(self) -> None:
         period = self.lease / 3
         while self._held:
             await asyncio.sleep(period)
-            now = loop.time()
+            now = time.monotonic()
             for key, (token, since) in list(self._held.items()):
                 if now - since < period or key not in self._held:
                     continue

@@ -6,8 +6,6 @@ import itertools
 import time
 from collections.abc import Callable
 
-from attrs import define
-
 from .exceptions import StoreError
 from .typing import Acquired, ClaimResult, Done, InProgress
 
@@ -16,11 +14,8 @@ __all__ = ["InMemoryIdempotencyStore"]
 _IN_PROGRESS = InProgress()
 
 
-@define(slots=True)
-class _Entry:
-    token: str | None  # None once done
-    expires: float
-    result: bytes = b""
+# (owner token or None once done, expiry on the store's clock, encoded result)
+_Entry = tuple[str | None, float, bytes]
 
 
 class InMemoryIdempotencyStore:
@@ -50,30 +45,29 @@ class InMemoryIdempotencyStore:
         """Take the key, or report it in progress or done (see the protocol)."""
         now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None and entry.expires > now:
-            return _IN_PROGRESS if entry.token is not None else Done(entry.result)
-        if entry is None and len(self._entries) >= self._max:
+        if entry is not None:
+            if entry[1] > now:
+                return _IN_PROGRESS if entry[0] is not None else Done(entry[2])
+            # Expired: re-insert below so iteration order stays oldest-first for eviction.
+            del self._entries[key]
+        elif len(self._entries) >= self._max:
             self._make_room(now)
         token = str(next(self._tokens))
-        # Re-insert so iteration order stays oldest-first for eviction.
-        self._entries.pop(key, None)
-        self._entries[key] = _Entry(token, now + lease)
+        self._entries[key] = (token, now + lease, b"")
         return Acquired(token)
 
     async def extend(self, key: str, token: str, lease: float) -> bool:
         """Renew the lease if ``token`` still owns it."""
-        entry = self._owned(key, token)
-        if entry is None:
+        if self._owned(key, token) is None:
             return False
-        entry.expires = self._clock() + lease
+        self._entries[key] = (token, self._clock() + lease, b"")
         return True
 
     async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
         """Store the result if ``token`` still owns the key."""
-        entry = self._owned(key, token)
-        if entry is None:
+        if self._owned(key, token) is None:
             return False
-        entry.token, entry.result, entry.expires = None, result, self._clock() + ttl
+        self._entries[key] = (None, self._clock() + ttl, result)
         return True
 
     async def release(self, key: str, token: str) -> None:
@@ -89,21 +83,19 @@ class InMemoryIdempotencyStore:
 
     def _owned(self, key: str, token: str) -> _Entry | None:
         entry = self._entries.get(key)
-        if entry is None or entry.token != token or entry.expires <= self._clock():
+        if entry is None or entry[0] != token or entry[1] <= self._clock():
             return None
         return entry
 
     def _make_room(self, now: float) -> None:
-        expired = [k for k, e in self._entries.items() if e.expires <= now]
+        expired = [k for k, e in self._entries.items() if e[1] <= now]
         for k in expired:
             del self._entries[k]
         if len(self._entries) < self._max:
             return
         # Drop the oldest tenth of completed results at once so the sweep is amortised.
         budget = max(1, self._max // 10)
-        done = list(
-            itertools.islice((k for k, e in self._entries.items() if e.token is None), budget)
-        )
+        done = list(itertools.islice((k for k, e in self._entries.items() if e[0] is None), budget))
         for k in done:
             del self._entries[k]
         if len(self._entries) >= self._max:

@@ -29,7 +29,7 @@ class Context:
         items: free space for behaviours to share values within one dispatch.
     """
 
-    __slots__ = ("attempt", "delivery", "handler", "items", "message_type", "qos")
+    __slots__ = ("_items", "attempt", "delivery", "handler", "message_type", "qos")
 
     def __init__(
         self,
@@ -43,7 +43,14 @@ class Context:
         self.qos = qos
         self.attempt = 1
         self.delivery = delivery
-        self.items: dict[str, Any] = {}
+        self._items: dict[str, Any] | None = None
+
+    @property
+    def items(self) -> dict[str, Any]:
+        """A dict behaviours may use to share values within this dispatch (made on first use)."""
+        if self._items is None:
+            self._items = {}
+        return self._items
 
     def __repr__(self) -> str:
         return (

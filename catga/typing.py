@@ -74,20 +74,19 @@ class Behavior(Protocol):
 # Idempotency --------------------------------------------------------------
 
 
-@frozen
-class Acquired:
+# Claim results are msgspec Structs: created on every QoS 2 dispatch, they cost
+# a fifth of an attrs frozen class to make.
+class Acquired(msgspec.Struct, frozen=True):
     """The caller now owns the key until the lease ends; ``token`` proves it."""
 
     token: str
 
 
-@frozen
-class InProgress:
+class InProgress(msgspec.Struct, frozen=True):
     """Another attempt holds the lease."""
 
 
-@frozen
-class Done:
+class Done(msgspec.Struct, frozen=True):
     """The key was completed; ``result`` is the stored, encoded result."""
 
     result: bytes
