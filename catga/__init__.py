@@ -21,10 +21,13 @@ from ._container import CatgaContainer, ContainerResolver
 from ._dead_letters import DeadLetterEntry, InMemoryDeadLetterQueue
 from ._idempotency import IdempotencyBehavior
 from ._mediator import Mediator
+from ._memory_broker import InMemoryBroker, InMemoryTransportOptions
 from ._memory_store import InMemoryIdempotencyStore
-from ._messages import Command, Event, Message, QoS, message_name, new_message_id
+from ._memory_transport import InMemoryTransport
+from ._messages import Command, Event, Message, message_name, new_message_id
 from ._options import CatgaOptions, IdempotencyOptions, RetryPolicy
 from ._pipeline import Context, NoResolver, Resolver
+from ._qos import QoS
 from ._registry import HandlerInfo, HandlerRegistry, handles
 from ._serializer import JsonSerializer
 from ._worker import Worker, WorkerHealth, WorkerState
@@ -48,8 +51,11 @@ __all__ = [
     "IdempotencyBehavior",
     "IdempotencyOptions",
     "IdempotencyStore",
+    "InMemoryBroker",
     "InMemoryDeadLetterQueue",
     "InMemoryIdempotencyStore",
+    "InMemoryTransport",
+    "InMemoryTransportOptions",
     "JsonSerializer",
     "LoggingBehavior",
     "Mediator",

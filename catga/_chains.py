@@ -18,9 +18,10 @@ from ._behaviors import (
 )
 from ._dead_letters import InMemoryDeadLetterQueue
 from ._idempotency import IdempotencyBehavior, LeaseKeeper
-from ._messages import Command, Message, QoS, message_name
+from ._messages import Command, Message, message_name
 from ._options import CatgaOptions
 from ._pipeline import Resolver, compose, make_terminal
+from ._qos import QoS
 from ._registry import HandlerInfo, HandlerRegistry
 from .typing import Behavior, IdempotencyStore, Next, Serializer
 

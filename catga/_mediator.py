@@ -12,9 +12,10 @@ from ._chains import BehaviorSpec, Chains, Order, Plan, PlanBuilder
 from ._dead_letters import DeadLetterEntry, InMemoryDeadLetterQueue
 from ._idempotency import LeaseKeeper
 from ._memory_store import InMemoryIdempotencyStore
-from ._messages import Command, Event, Message, QoS
+from ._messages import Command, Event, Message
 from ._options import CatgaOptions
 from ._pipeline import Context, NoResolver, Resolver
+from ._qos import QoS
 from ._registry import HandlerRegistry
 from ._serializer import JsonSerializer
 from .exceptions import (

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import enum
 import itertools
 import os
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from attrs import field, frozen
 
-if TYPE_CHECKING:
-    from ._options import RetryPolicy
+# Imported at run time: msgspec reads these annotations when it builds a decoder.
+from ._options import RetryPolicy
+from ._qos import QoS
 
-__all__ = ["Command", "Event", "Message", "QoS", "message_name", "new_message_id"]
+__all__ = ["Command", "Event", "Message", "message_name", "new_message_id"]
 
 R = TypeVar("R")
-
-
-class QoS(enum.IntEnum):
-    """Quality of service per hop, as in MQTT."""
-
-    AT_MOST_ONCE = 0
-    AT_LEAST_ONCE = 1
-    EXACTLY_ONCE = 2
 
 
 # A random per-process prefix plus a counter: unique across processes, ~4x cheaper

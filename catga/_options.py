@@ -8,7 +8,7 @@ from typing import Any
 
 from attrs import field, frozen, validators
 
-from ._messages import QoS
+from ._qos import QoS
 
 __all__ = ["CatgaOptions", "IdempotencyOptions", "RetryPolicy"]
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
-from ._messages import QoS
+from ._qos import QoS
 from ._registry import HandlerInfo
 from .exceptions import DependencyError
 from .typing import Behavior, Delivery, Next

@@ -76,7 +76,7 @@ class JsonSerializer:
     def _new_decoder(type_: Any) -> msgspec.json.Decoder[Any]:
         try:
             return msgspec.json.Decoder(type_)
-        except TypeError as exc:
+        except (TypeError, NameError) as exc:  # unsupported field type, unresolvable annotation
             raise SerializationError(f"{_name(type_)} cannot be decoded from JSON: {exc}") from exc
 
 

@@ -11,7 +11,8 @@ from attrs import define, frozen
 
 from ._behaviors import PERMANENT_ERRORS
 from ._mediator import Mediator
-from ._messages import Message, QoS
+from ._messages import Message
+from ._qos import QoS
 from .exceptions import ConfigurationError, InProgressError, SerializationError
 from .typing import Delivery, Envelope, Subscription, Transport
 

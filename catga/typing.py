@@ -8,12 +8,12 @@ pass ``tests/contract/``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Any, Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 
 import msgspec
 from attrs import frozen
 
-from ._messages import QoS
+from ._qos import QoS
 
 __all__ = [
     "Acquired",
@@ -200,6 +200,14 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Close subscriptions and connections; idempotent."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """``connect()``, then return the transport."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``aclose()``."""
         ...
 
     async def publish(self, route: str, envelope: Envelope, *, qos: QoS) -> None:
