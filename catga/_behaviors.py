@@ -89,7 +89,8 @@ class LoggingBehavior:
 class ValidationBehavior:
     """Re-runs the message's attrs validators and its ``validate()`` method, if any.
 
-    Messages decoded from the wire skip attrs validators, so this is where they run.
+    Construction already ran the validators (msgspec runs them when decoding too);
+    this catches instances built with validation off and checks ``validate()``.
     Failures raise :class:`~catga.exceptions.ValidationError` and are never retried.
     """
 

@@ -33,6 +33,7 @@ class WorkerState(enum.Enum):
 class _Counters:
     handled: int = 0
     retried: int = 0
+    deferred: int = 0
     dead_lettered: int = 0
     in_flight: int = 0
 
@@ -45,6 +46,7 @@ class WorkerHealth:
     routes: tuple[str, ...]
     handled: int
     retried: int
+    deferred: int
     dead_lettered: int
     in_flight: int
 
@@ -161,6 +163,7 @@ class Worker:
             routes=tuple(sorted({s.route for s in self._subscriptions})),
             handled=c.handled,
             retried=c.retried,
+            deferred=c.deferred,
             dead_lettered=c.dead_lettered,
             in_flight=c.in_flight,
         )
@@ -183,6 +186,7 @@ class Worker:
         try:
             result = await self.mediator.dispatch_delivered(message, delivery)
         except InProgressError:
+            self._counters.deferred += 1
             await delivery.nack(self.busy_delay)
         except PERMANENT_ERRORS as exc:
             await self._give_up(delivery, exc, "rejected")

@@ -8,8 +8,6 @@ are. To add one, subclass :class:`Backend` and register it in ``BACKENDS``; the
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -122,20 +120,6 @@ async def store(backend: Backend) -> IdempotencyStore:
 def route() -> str:
     """A route no other test uses."""
     return f"test.{uuid.uuid4().hex}"
-
-
-async def eventually(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` (sync or async) every 10 ms until it is truthy; fail after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {what or predicate!r}")
-        await asyncio.sleep(0.01)
 
 
 def envelope(message_id: str | None = None, *, body: bytes = b"{}", qos: int = 1) -> Envelope:
