@@ -38,6 +38,11 @@ class Backend:
     def __init__(self) -> None:
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
+    @classmethod
+    def create(cls, request: pytest.FixtureRequest) -> Backend:
+        """Make the backend for one test; a server backend asks for its server fixture here."""
+        return cls()
+
     async def transport(self, *, connect: bool = True) -> Transport:
         """Return a new client of this backend's broker, like a second process."""
         transport = self._new_transport()
@@ -87,17 +92,15 @@ class MemoryBackend(Backend):
         self.broker.close()
 
 
-BACKENDS: dict[str, type[Backend]] = {
-    "memory": MemoryBackend,
-    # "redis": RedisBackend,  -> catga_redis: transports and stores on a redis-server fixture
-    # "nats": NatsBackend,    -> catga_nats: transports and stores on a nats-server -js fixture
-}
+BACKENDS: dict[str, type[Backend]] = {"memory": MemoryBackend}
+# Server backends live in their own modules (backend_redis.py, backend_nats.py) and
+# are added here; each asks for its server fixture in ``Backend.create``.
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """Each backend in turn; closes every client it handed out."""
-    instance = BACKENDS[request.param]()
+    instance = BACKENDS[request.param].create(request)
     try:
         yield instance
     finally:

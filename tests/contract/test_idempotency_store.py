@@ -9,7 +9,8 @@ import pytest
 
 from catga.typing import Acquired, ClaimResult, Done, IdempotencyStore, InProgress
 
-from .conftest import Backend, eventually
+from ..helpers import eventually
+from .conftest import Backend
 
 LEASE = 30.0
 TTL = 300.0

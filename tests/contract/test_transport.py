@@ -12,7 +12,8 @@ from catga import QoS
 from catga.exceptions import NotConnectedError, RequestTimeoutError
 from catga.typing import Delivery, Envelope, Subscription, Transport
 
-from .conftest import Backend, envelope, eventually
+from ..helpers import eventually
+from .conftest import Backend, envelope
 
 Act = Callable[[Delivery], Awaitable[None]]
 
