@@ -92,9 +92,19 @@ class MemoryBackend(Backend):
         self.broker.close()
 
 
-BACKENDS: dict[str, type[Backend]] = {"memory": MemoryBackend}
-# Server backends live in their own modules (backend_redis.py, backend_nats.py) and
-# are added here; each asks for its server fixture in ``Backend.create``.
+def _backends() -> dict[str, type[Backend]]:
+    # Server backends live in their own modules and ask for their server fixture in
+    # ``Backend.create``; imported here, late, because they subclass Backend.
+    from . import backend_nats, backend_redis
+
+    found: dict[str, type[Backend]] = {"memory": MemoryBackend}
+    for name, module in (("redis", backend_redis), ("nats", backend_nats)):
+        if module.BACKEND is not None:
+            found[name] = module.BACKEND
+    return found
+
+
+BACKENDS = _backends()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
