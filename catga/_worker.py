@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,6 +77,10 @@ class Worker:
         routes: only these routes (default: all routes with local handlers).
         busy_delay: seconds before a QoS 2 duplicate that is still running elsewhere
             is delivered again.
+        keepalive: a delivery still running after this many seconds gets
+            ``in_progress()`` (and again every ``keepalive`` seconds), so the broker does
+            not hand it to another consumer; keep it well below the transport's ack wait
+            or claim idle time. ``None`` turns it off.
     """
 
     def __init__(
@@ -85,9 +92,12 @@ class Worker:
         concurrency: int = 16,
         routes: Iterable[str] | None = None,
         busy_delay: float = 0.5,
+        keepalive: float | None = 5.0,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if keepalive is not None and keepalive <= 0:
+            raise ConfigurationError(f"keepalive must be > 0 or None, got {keepalive}")
         transport = transport if transport is not None else mediator.transport
         if transport is None:
             raise ConfigurationError(
@@ -99,9 +109,12 @@ class Worker:
         self.concurrency = concurrency
         self.only = None if routes is None else frozenset(routes)
         self.busy_delay = busy_delay
+        self.keepalive = keepalive
         self.state = WorkerState.NEW
         self._subscriptions: list[Subscription] = []
         self._counters = _Counters()
+        self._running: dict[Delivery, float] = {}
+        self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Compose every chain (wiring errors surface here) and subscribe.
@@ -121,6 +134,8 @@ class Worker:
                 "message types routed there, or drop them from routes="
             )
         self.state = WorkerState.RUNNING
+        if self.keepalive is not None:
+            self._keeper = asyncio.create_task(self._keep_alive(self.keepalive))
         for route, levels in sorted(local.items()):
             if self.only is None or route in self.only:
                 await self._subscribe(route, levels)
@@ -147,6 +162,11 @@ class Worker:
         subscriptions, self._subscriptions = self._subscriptions, []
         for sub in subscriptions:
             await sub.aclose()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -170,10 +190,26 @@ class Worker:
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self._counters.in_flight += 1
+        self._running[delivery] = time.monotonic()
         try:
             await self._handle(delivery)
         finally:
             self._counters.in_flight -= 1
+            del self._running[delivery]
+
+    async def _keep_alive(self, every: float) -> None:
+        """Tell the broker about deliveries still running, so none is taken over."""
+        while True:
+            await asyncio.sleep(every / 2)
+            now = time.monotonic()
+            for delivery, since in list(self._running.items()):
+                if now - since < every or delivery not in self._running:
+                    continue
+                self._running[delivery] = now
+                try:
+                    await delivery.in_progress()
+                except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                    logger.warning("in_progress failed", error=repr(exc))
 
     async def _handle(self, delivery: Delivery) -> None:
         envelope = delivery.envelope

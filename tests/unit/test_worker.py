@@ -281,6 +281,34 @@ class TestExactlyOnce:
             assert effects.calls["charge:pay-2"] == 0
 
 
+class TestKeepalive:
+    async def test_long_handler_is_not_redelivered(
+        self, broker: InMemoryBroker, sender: Mediator, effects: Effects
+    ) -> None:
+        """A handler running past ack_wait keeps its delivery through in_progress()."""
+        options = InMemoryTransportOptions(ack_wait=0.1)
+        async with InMemoryTransport(broker, options=options) as transport:
+            mediator = Mediator(
+                handlers(effects), options=CatgaOptions(routes=ROUTES), transport=transport
+            )
+            effects.block = True
+            async with Worker(mediator, keepalive=0.02) as worker:
+                reply = asyncio.ensure_future(sender.send(Add(a=3, b=3)))
+                await effects.started.wait()
+                # Not waiting for work: the handler must outlive several ack_waits, and a
+                # redelivery in that time would be a second call of the handler.
+                await asyncio.sleep(0.35)
+                effects.release.set()
+                assert await reply == 6
+                assert worker.health().handled == 1
+            assert effects.calls["add:3"] == 1
+
+    def test_keepalive_must_be_positive(self, receiver: Mediator) -> None:
+        """keepalive=0 is refused at construction."""
+        with pytest.raises(ConfigurationError, match="keepalive"):
+            Worker(receiver, keepalive=0)
+
+
 class TestLifecycle:
     async def test_stop_finishes_in_flight_work(
         self, sender: Mediator, receiver: Mediator, effects: Effects
