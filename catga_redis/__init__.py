@@ -7,4 +7,17 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('catga_redis needs the Redis driver: pip install "catga[redis]"') from exc
 
-__all__: list[str] = []
+from . import exceptions
+from ._config import RedisConfig
+from ._container import RedisContainer
+from ._idempotency import RedisIdempotencyStore
+from ._transport import RedisTransport, TransportState
+
+__all__ = [
+    "RedisConfig",
+    "RedisContainer",
+    "RedisIdempotencyStore",
+    "RedisTransport",
+    "TransportState",
+    "exceptions",
+]

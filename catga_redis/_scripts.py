@@ -1,0 +1,170 @@
+"""Lua scripts: every check-then-act on Redis runs atomically on the server.
+
+Settling a delivery is owner-checked where a stale settle would do harm: the
+entry's ``XPENDING`` record must still name this consumer and this delivery's
+count (a reclaim by anyone, this consumer included, raises the count).
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+__all__ = ["Scripts"]
+
+# Shared by the scripts that settle a delivery: ARGV[1] group, [2] consumer, [3] id,
+# [4] the delivery's count. Returns true while the delivery is the current one.
+_OWNED = """
+local function owned(stream)
+  local p = redis.call('XPENDING', stream, ARGV[1], ARGV[3], ARGV[3], 1)
+  return #p == 1 and p[1][2] == ARGV[2] and p[1][4] == tonumber(ARGV[4])
+end
+"""
+
+# Producer dedup for QoS 2: KEYS[1] stream, KEYS[2..] dedup keys; ARGV[1] window ms,
+# ARGV[2..] encoded envelopes (one per dedup key). Returns how many were added.
+PUBLISH_ONCE = """
+local added = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'm', ARGV[i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+# nack / in_progress: KEYS[1] stream; ARGV[5] the idle time to set, in ms. XCLAIM
+# JUSTID keeps the delivery count; the idle time decides when XAUTOCLAIM takes it.
+TOUCH = (
+    _OWNED
+    + """
+if not owned(KEYS[1]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[5], 'JUSTID')
+return 1
+"""
+)
+
+# dead_letter: KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[5] reason, [6] time,
+# [7] dlq max length. Copies the entry's fields, adds why, acks it: one step.
+DEAD_LETTER = (
+    _OWNED
+    + """
+if not owned(KEYS[1]) then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local f = {}
+if #e == 1 then f = e[1][2] end
+table.insert(f, 'catga-reason'); table.insert(f, ARGV[5])
+table.insert(f, 'catga-count'); table.insert(f, ARGV[4])
+table.insert(f, 'catga-at'); table.insert(f, ARGV[6])
+table.insert(f, 'catga-id'); table.insert(f, ARGV[3])
+table.insert(f, 'catga-group'); table.insert(f, ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '*', unpack(f))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# Take over idle entries: KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] group,
+# [2] consumer, [3] min idle ms, [4] cursor, [5] count, [6] max deliveries, [7] reason,
+# [8] time, [9] dlq max length. Returns {cursor, {{id, fields, count}...}, dead}:
+# entries past max deliveries are dead-lettered here, with the deliveries they had.
+CLAIM = """
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                     'COUNT', ARGV[5])
+local out, dead = {}, 0
+for _, e in ipairs(r[2]) do
+  local id = e[1]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  local n = p[1][4]
+  if n > tonumber(ARGV[6]) then
+    local f = e[2]
+    table.insert(f, 'catga-reason'); table.insert(f, ARGV[7])
+    table.insert(f, 'catga-count'); table.insert(f, tostring(n - 1))
+    table.insert(f, 'catga-at'); table.insert(f, ARGV[8])
+    table.insert(f, 'catga-id'); table.insert(f, id)
+    table.insert(f, 'catga-group'); table.insert(f, ARGV[1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], '*', unpack(f))
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    dead = dead + 1
+  else
+    table.insert(out, {id, e[2], n})
+  end
+end
+return {r[1], out, dead}
+"""
+
+# Trim what no group needs: KEYS[1] stream; ARGV[1] retention ms. Entries below the
+# oldest pending entry and the last-delivered id of every group, and older than the
+# retention, go (XTRIM MINID never reaches a pending or unread entry).
+TRIM = """
+local function before(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local floor = string.format('%d-0', now - tonumber(ARGV[1]))
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local keep = info['last-delivered-id']
+  if info['pending'] > 0 then
+    keep = redis.call('XPENDING', KEYS[1], info['name'], '-', '+', 1)[1][1]
+  end
+  if before(keep, floor) then floor = keep end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', floor)
+"""
+
+# Drop a consumer only if nothing is pending under it (DELCONSUMER would drop its
+# pending entries). KEYS[1] stream; ARGV[1] group, ARGV[2] consumer.
+FORGET_CONSUMER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# Idempotency store. A key holds 'p' .. token while leased, 'd' .. result when done.
+# claim: KEYS[1]; ARGV[1] token, [2] lease ms -> {1} acquired, {0} busy, {2, result}.
+STORE_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'p' .. ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+if string.sub(v, 1, 1) == 'd' then return {2, string.sub(v, 2)} end
+return {0}
+"""
+
+# extend / complete / release, owner-checked: KEYS[1]; ARGV[1] token, ARGV[2] 'extend',
+# 'complete' or 'release', ARGV[3] lease or ttl ms, ARGV[4] result. Returns 1 if owned.
+STORE_UPDATE = """
+if redis.call('GET', KEYS[1]) ~= 'p' .. ARGV[1] then return 0 end
+if ARGV[2] == 'extend' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+elseif ARGV[2] == 'complete' then
+  redis.call('SET', KEYS[1], 'd' .. ARGV[4], 'PX', ARGV[3])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+
+class Scripts:
+    """The transport's scripts registered on one client (EVALSHA, loaded on NOSCRIPT)."""
+
+    def __init__(self, client: Redis) -> None:
+        self.publish_once: AsyncScript = client.register_script(PUBLISH_ONCE)
+        self.touch: AsyncScript = client.register_script(TOUCH)
+        self.dead_letter: AsyncScript = client.register_script(DEAD_LETTER)
+        self.claim: AsyncScript = client.register_script(CLAIM)
+        self.trim: AsyncScript = client.register_script(TRIM)
+        self.forget_consumer: AsyncScript = client.register_script(FORGET_CONSUMER)
