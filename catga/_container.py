@@ -11,7 +11,7 @@ from ._dead_letters import InMemoryDeadLetterQueue
 from ._mediator import Mediator
 from ._memory_store import InMemoryIdempotencyStore
 from ._options import CatgaOptions
-from ._pipeline import Getter
+from ._pipeline import Getter, is_injection_marker
 from ._registry import HandlerInfo, HandlerRegistry
 from ._serializer import JsonSerializer
 from .exceptions import DependencyError
@@ -37,22 +37,29 @@ class ContainerResolver:
     def resolve(self, parameter: inspect.Parameter, handler: HandlerInfo) -> Getter | None:
         """Return the provider for ``parameter``, or ``None`` if no container has one."""
         found: Any = self._by_marker(parameter.default)
-        for container in self.containers:
-            if found is None:
-                found = container.providers.get(parameter.name)
+        if found is None and not is_injection_marker(parameter.default):
+            found = self._named(parameter.name)
         if found is None:
             found = self._by_type(parameter.annotation, handler, parameter.name)
         return found  # type: ignore[no-any-return]
 
     def _by_marker(self, default: Any) -> Any:
-        # dependency-injector types its markers as a Protocol, so check the flag it sets.
-        if not getattr(type(default), "__IS_MARKER__", False):
+        if not is_injection_marker(default):
             return None
         wanted = default.provider
         if isinstance(wanted, str):
-            name = wanted.rpartition(".")[2]
-            return next((c.providers[name] for c in self.containers if name in c.providers), None)
+            return self._named(wanted.rpartition(".")[2])
+        # Provide[AppContainer.x] names the class-level provider; the instance has its own
+        # copy (with its overrides), found by the name the class gives it.
+        for container in self.containers:
+            parent = getattr(container, "declarative_parent", None)
+            for name, provider in getattr(parent, "providers", {}).items():
+                if provider is wanted and name in container.providers:
+                    return container.providers[name]
         return wanted
+
+    def _named(self, name: str) -> Any:
+        return next((c.providers[name] for c in self.containers if name in c.providers), None)
 
     def _by_type(self, annotation: Any, handler: HandlerInfo, name: str) -> Any:
         if not isinstance(annotation, type):
@@ -123,7 +130,9 @@ class CatgaContainer(containers.DeclarativeContainer):
     serializer = providers.Singleton(JsonSerializer)
     idempotency_store = providers.Singleton(InMemoryIdempotencyStore)
     transport: providers.Provider[Any] = providers.Object(None)
-    dead_letters = providers.Singleton(InMemoryDeadLetterQueue)
+    dead_letters = providers.Singleton(
+        InMemoryDeadLetterQueue, limit=options.provided.dead_letter_limit
+    )
     mediator = providers.Singleton(
         build_mediator,
         registry=registry,

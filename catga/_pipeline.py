@@ -12,7 +12,7 @@ from ._registry import HandlerInfo
 from .exceptions import DependencyError
 from .typing import Behavior, Delivery, Next
 
-__all__ = ["Context", "NoResolver", "Resolver", "compose", "make_terminal"]
+__all__ = ["Context", "NoResolver", "Resolver", "compose", "is_injection_marker", "make_terminal"]
 
 Getter = Callable[[], Any]
 
@@ -115,7 +115,7 @@ def _getters(
     for param in params:
         getter = resolver.resolve(param, info)
         if getter is None:
-            if param.default is not param.empty:
+            if param.default is not param.empty and not is_injection_marker(param.default):
                 continue
             raise DependencyError(
                 f"handler {info.name} parameter {param.name!r} has no provider: add a provider "
@@ -144,16 +144,39 @@ async def _value(value: Any, scope: AsyncExitStack) -> Any:
     if inspect.isawaitable(value):
         value = await value
     if inspect.isasyncgen(value):
-        agen = value
-        value = await agen.__anext__()
-        scope.push_async_callback(_finish, agen)
+        value = await scope.enter_async_context(_Resource(value))
     return value
 
 
-async def _finish(agen: Any) -> None:
-    try:
-        await agen.__anext__()
-    except StopAsyncIteration:
-        return
-    await agen.aclose()
-    raise DependencyError(f"resource generator {agen!r} yielded more than once")
+class _Resource:
+    """An async generator as a context manager: the handler's error is raised at the yield.
+
+    So a unit of work rolls back (its ``except``/``finally`` runs) instead of committing.
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    async def __aenter__(self) -> Any:
+        return await anext(self.generator)
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if exc is None:
+                await anext(self.generator)
+            else:
+                await self.generator.athrow(exc)
+        except StopAsyncIteration:
+            return False
+        except BaseException as raised:
+            if raised is exc:
+                return False
+            raise
+        await self.generator.aclose()
+        raise DependencyError(f"resource generator {self.generator!r} yielded more than once")
+
+
+def is_injection_marker(value: Any) -> bool:
+    """Whether a parameter default is a dependency-injector marker such as ``Provide[...]``."""
+    # dependency-injector types its markers as a Protocol, so check the flag it sets.
+    return bool(getattr(type(value), "__IS_MARKER__", False))

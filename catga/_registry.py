@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+import attrs
 from attrs import frozen
 
 from ._messages import Command, Event, Message, message_name
@@ -38,11 +39,23 @@ def handles(*message_types: type[Message]) -> Callable[[T], T]:
         _check_message_type(message_type)
 
     def mark(target: T) -> T:
-        existing: tuple[type[Message], ...] = getattr(target, _MARK, ())
-        setattr(target, _MARK, existing + message_types)
+        setattr(target, _MARK, marks_of(target) + message_types)
         return target
 
     return mark
+
+
+def marks_of(obj: Any) -> tuple[type[Message], ...]:
+    """Return the types ``obj`` was marked to handle; marks are never inherited.
+
+    A class's marks live in its own ``__dict__`` (an undecorated subclass handles
+    nothing); an instance carries the marks of its class.
+    """
+    if inspect.isclass(obj):
+        return obj.__dict__.get(_MARK, ())  # type: ignore[no-any-return]
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return getattr(obj, _MARK, ())
+    return type(obj).__dict__.get(_MARK, ())  # type: ignore[no-any-return]
 
 
 def _check_message_type(message_type: Any) -> None:
@@ -96,7 +109,7 @@ class HandlerRegistry:
             RegistrationError: unmarked object, a bad signature, or a second command handler.
         """
         for handler in handlers:
-            marked: tuple[type[Message], ...] = getattr(handler, _MARK, ())
+            marked = marks_of(handler)
             if not marked:
                 raise RegistrationError(f"{handler!r} is not marked with @handles(...)")
             for message_type in dict.fromkeys(marked):
@@ -109,8 +122,16 @@ class HandlerRegistry:
         if issubclass(info.message_type, Command) and existing:
             raise RegistrationError(
                 f"command {info.message_type.__qualname__} already has handler "
-                f"{existing[0].name}; a command has exactly one handler (use an Event for fan-out)"
+                f"{existing[0].name}, so {info.name} cannot be added: a command has exactly "
+                "one handler (use an Event for fan-out)"
             )
+        names = {h.name for h in existing}
+        if info.name in names:
+            # Names key QoS 2 records and dead letters: two instances of one class need two.
+            n = 2
+            while f"{info.name}#{n}" in names:
+                n += 1
+            info = attrs.evolve(info, name=f"{info.name}#{n}")
         self.add_types(info.message_type)
         self._handlers[info.message_type] = (*existing, info)
         self.version += 1
@@ -174,13 +195,14 @@ class HandlerRegistry:
 def _marked_objects(module: types.ModuleType | str) -> Iterable[Any]:
     if isinstance(module, str):
         module = importlib.import_module(module)
-    yield from (
-        obj
-        for name, obj in vars(module).items()
-        if getattr(obj, _MARK, None)
-        and getattr(obj, "__module__", None) == module.__name__
-        and not name.startswith("__")
-    )
+    for name, obj in vars(module).items():
+        if name.startswith("__") or not marks_of(obj):
+            continue
+        # Classes and functions count where they are defined (not where imported);
+        # an instance counts wherever it is a module attribute (duplicates are ignored).
+        defined_here = getattr(obj, "__module__", None) == module.__name__
+        if defined_here or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            yield obj
     if hasattr(module, "__path__"):
         for sub in pkgutil.iter_modules(module.__path__, module.__name__ + "."):
             yield from _marked_objects(sub.name)

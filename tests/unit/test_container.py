@@ -293,12 +293,6 @@ class TestContainerResolver:
         async with mediator_for(by_class_marker) as mediator:
             assert isinstance(await mediator.send(ByClassMarker()), Gateway)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: ContainerResolver._by_marker returns the class-level provider of "
-        "Provide[Container.x], not the container instance's: another singleton, and "
-        "overrides on the instance are ignored",
-    )
     async def test_provide_marker_uses_the_container_instance(self) -> None:
         """Provide[Services.gateway] gives the resolver's container's value, overrides included."""
         services = Services()
@@ -307,11 +301,6 @@ class TestContainerResolver:
         async with mediator_for(by_class_marker, container=services) as mediator:
             assert await mediator.send(ByClassMarker()) is fake
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: an unresolvable Provide[...] default counts as a plain default, so "
-        "the handler silently receives the Provide marker object",
-    )
     async def test_unresolvable_provide_marker_is_a_dependency_error(self) -> None:
         """A Provide["missing"] default that no container has is a DependencyError."""
         async with mediator_for(bad_marker) as mediator:
@@ -433,11 +422,6 @@ class TestCatgaContainer:
         assert options is app.catga.options()
         assert store is app.catga.idempotency_store()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: CatgaContainer.dead_letters is Singleton(InMemoryDeadLetterQueue) "
-        "with the default limit, ignoring CatgaOptions.dead_letter_limit",
-    )
     async def test_dead_letter_limit_comes_from_the_options(self) -> None:
         """The container's dead-letter queue honours CatgaOptions.dead_letter_limit."""
         app = App()

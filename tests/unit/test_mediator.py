@@ -611,11 +611,6 @@ class TestExactlyOnce:
         assert len(failing.calls) == 2
         assert len(healthy.calls) == 1
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: the per-handler idempotency key uses HandlerInfo.name, which two "
-        "instances of one handler class share, so the second instance never runs",
-    )
     async def test_two_instances_of_one_handler_class_each_run(self) -> None:
         """Two registered instances of one class are two handlers, each run once at QoS 2."""
         email, sms = Notifier(), Notifier()

@@ -380,12 +380,6 @@ class TestResources:
             await mediator.send(Save(name="a"))
         assert journal.lines == ["begin", "commit"]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: _pipeline._finish resumes the generator with __anext__ instead of "
-        "throwing the handler's exception into it, so a unit of work commits after a "
-        "failed handler",
-    )
     async def test_failed_handler_rolls_the_transaction_back(self) -> None:
         """The handler's exception is raised at the resource's yield (rollback, not commit)."""
         journal = Journal()

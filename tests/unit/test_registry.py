@@ -134,11 +134,6 @@ class TestRegister:
             registry.register(create_user_again)
         assert [h.target for h in registry.handlers_for(CreateUser)] == [create_user]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: the error names only the existing handler, not the rejected one "
-        "(docs/concepts.md: 'names both')",
-    )
     def test_second_command_handler_error_names_both(self) -> None:
         """The error for a second command handler names the existing and the new handler."""
         registry = HandlerRegistry(create_user)
@@ -246,21 +241,11 @@ class TestRegister:
         registry.register(send_welcome)
         assert registry.version > before
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: @handles sets a class attribute, so undecorated subclasses inherit "
-        "the mark and become handlers too",
-    )
     def test_undecorated_subclass_is_not_a_handler(self) -> None:
         """A subclass of a handler class is not itself a handler unless decorated."""
         with pytest.raises(RegistrationError, match="not marked"):
             HandlerRegistry(AuditUserLater)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: @handles(B) on a subclass appends to the parent's marks, so the "
-        "subclass also handles the parent's type",
-    )
     def test_decorated_subclass_handles_only_its_own_types(self) -> None:
         """@handles on a subclass of a handler class registers it for its own types only."""
         registry = HandlerRegistry(AuditOther)
@@ -303,11 +288,6 @@ class TestScan:
         module.send_welcome = send_welcome  # imported from elsewhere: skipped
         assert HandlerRegistry().scan(module) == 0
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: _marked_objects filters on obj.__module__, which for an instance is its "
-        "class's module, so module-level handler instances of imported classes are missed",
-    )
     def test_scan_finds_handler_instances(self) -> None:
         """A handler instance created in the scanned module is found, even if its class is not."""
         module = types.ModuleType("tests.unit.generated_handlers")
