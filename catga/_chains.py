@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -91,8 +92,21 @@ def result_type_of(message_type: type[Any]) -> Any:
         for base in getattr(klass, "__orig_bases__", ()):
             if typing.get_origin(base) is Command:
                 (arg,) = typing.get_args(base)
-                return Any if isinstance(arg, typing.TypeVar | str | typing.ForwardRef) else arg
+                return _resolve_name(arg, klass)
     return Any
+
+
+def _resolve_name(arg: Any, owner: type[Any]) -> Any:
+    """Resolve ``Command["Name"]`` by looking the name up in the owner's module (no eval)."""
+    if isinstance(arg, typing.ForwardRef):
+        arg = arg.__forward_arg__
+    if isinstance(arg, typing.TypeVar):
+        return Any
+    if isinstance(arg, str):
+        module = sys.modules.get(owner.__module__)
+        found = getattr(module, arg, None) if arg.isidentifier() else None
+        return found if isinstance(found, type) else Any
+    return arg
 
 
 class PlanBuilder:

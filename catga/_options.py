@@ -55,7 +55,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Return the seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        try:
+            base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        except OverflowError:  # thousands of attempts: the cap applies
+            base = self.max_delay
         return base * (1 - self.jitter * random.random())
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import msgspec
@@ -35,13 +36,21 @@ class JsonSerializer:
             SerializationError: the value holds something JSON cannot carry.
         """
         try:
-            return self._encoder.encode(value)
-        except (TypeError, msgspec.EncodeError) as exc:
+            data = self._encoder.encode(value)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise SerializationError(
                 f"cannot encode {type(value).__qualname__}: {exc}; use JSON-friendly "
                 "field types (str, int, float, bool, Decimal, datetime, UUID, lists, dicts, "
                 "attrs classes)"
             ) from exc
+        # msgspec writes NaN and infinities as null, which then fails to decode into the
+        # float it was: refuse them here, where the caller can still see why.
+        if b"null" in data and _has_non_finite(msgspec.to_builtins(value)):
+            raise SerializationError(
+                f"cannot encode {type(value).__qualname__}: NaN and infinity have no JSON form; "
+                "use None or a Decimal instead"
+            )
+        return data
 
     def decode(self, data: bytes, type_: type[T]) -> T:
         """Decode JSON bytes into ``type_``.
@@ -78,6 +87,16 @@ class JsonSerializer:
             return msgspec.json.Decoder(type_)
         except (TypeError, NameError) as exc:  # unsupported field type, unresolvable annotation
             raise SerializationError(f"{_name(type_)} cannot be decoded from JSON: {exc}") from exc
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _name(type_: Any) -> str:

@@ -434,11 +434,6 @@ class TestExactlyOnce:
         assert isinstance(second, Receipt)
         assert len(handler.calls) == 1
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: result_type_of returns Any for Command['LateReceipt'] (a string "
-        "forward reference), so duplicates get a dict instead of a LateReceipt",
-    )
     async def test_forward_referenced_result_type_is_resolved(self) -> None:
         """Command["LateReceipt"] stores and answers duplicates with a LateReceipt."""
         handler = Primary(result=lambda c: LateReceipt(seat=c.seat))
@@ -571,11 +566,6 @@ class TestExactlyOnce:
         assert len(handler.calls) == 2
         assert len(mediator.dead_letters) == 0
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: JsonSerializer encodes NaN as null, so the stored result of a QoS 2 "
-        "command cannot be decoded and every duplicate fails with SerializationError",
-    )
     async def test_non_finite_result_is_answered_to_duplicates(self) -> None:
         """A duplicate gets the same float result even when it is NaN (or the first call fails)."""
         handler = Primary(result=math.nan)

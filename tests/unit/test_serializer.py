@@ -146,21 +146,11 @@ class TestFailures:
         with pytest.raises(SerializationError):
             SERIALIZER.decode_envelope(data)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: JsonSerializer.encode catches only TypeError/EncodeError; a lone "
-        "surrogate (e.g. from os.fsdecode) escapes as UnicodeEncodeError",
-    )
     def test_unencodable_string_is_a_serialization_error(self) -> None:
         """A str that is not valid Unicode raises SerializationError, not UnicodeEncodeError."""
         with pytest.raises(SerializationError):
             SERIALIZER.encode(Label(text="bad \udcff name"))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: msgspec writes NaN/inf as null, so encode succeeds but the bytes "
-        "never decode back into the float field",
-    )
     @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
     def test_non_finite_float_is_refused_or_round_trips(self, value: float) -> None:
         """A non-finite float is either refused by encode or comes back as itself."""
