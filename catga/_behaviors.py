@@ -108,6 +108,8 @@ class ValidationBehavior:
             check = getattr(message, "validate", None)
             if check is not None:
                 check()
+        except ValidationError:
+            raise
         except (ValueError, TypeError) as exc:
             raise ValidationError(type(message), str(exc)) from exc
         return await next(message, ctx)

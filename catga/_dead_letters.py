@@ -14,6 +14,9 @@ from .exceptions import DeadLetterError
 
 __all__ = ["DeadLetterEntry", "InMemoryDeadLetterQueue"]
 
+# Set on an exception once it has been dead-lettered.
+_MARK = "__catga_dead_lettered__"
+
 
 @frozen
 class DeadLetterEntry:
@@ -50,8 +53,15 @@ class InMemoryDeadLetterQueue:
         self._entries: OrderedDict[int, DeadLetterEntry] = OrderedDict()
         self._ids = itertools.count(1)
 
-    def add(self, message: Any, ctx: Any, error: BaseException) -> DeadLetterEntry:
-        """Record a failed message (called by the dead-letter behaviour)."""
+    def add(self, message: Any, ctx: Any, error: BaseException) -> DeadLetterEntry | None:
+        """Record a failed message (called by the dead-letter behaviour).
+
+        Concurrent QoS 2 duplicates share one failed attempt and so one exception:
+        it is recorded once (``None`` is returned for the repeats).
+        """
+        if getattr(error, _MARK, False):
+            return None
+        setattr(error, _MARK, True)
         entry = DeadLetterEntry(
             id=next(self._ids),
             message=message,
@@ -79,15 +89,24 @@ class InMemoryDeadLetterQueue:
     ) -> Any:
         """Remove an entry and hand it to ``dispatch`` (``Mediator.replay_dead_letter`` does this).
 
-        If the dispatch fails again the message is dead-lettered again under a new id.
+        On success the entry is removed. If the dispatch fails and is dead-lettered
+        again, the old entry gives way to the new one; any other failure keeps it.
 
         Raises:
             DeadLetterError: no entry with that id.
         """
-        entry = self._entries.pop(entry_id, None)
+        entry = self._entries.get(entry_id)
         if entry is None:
             raise DeadLetterError(f"no dead letter with id {entry_id}; list them with entries()")
-        return await dispatch(entry)
+        try:
+            result = await dispatch(entry)
+        except Exception as exc:
+            # Keep it unless the failure was dead-lettered again (under a new id).
+            if getattr(exc, _MARK, False):
+                self._entries.pop(entry_id, None)
+            raise
+        self._entries.pop(entry_id, None)
+        return result
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -55,25 +55,24 @@ class IdempotencyBehavior:
         self.serializer = serializer
         self.options = options
         self.keeper = keeper
-        self._running: dict[str, list[asyncio.Future[Any]]] = {}
+        self._running: dict[str, list[asyncio.Future[Any]] | None] = {}
 
     async def __call__(self, message: Any, ctx: Any, next: Next) -> Any:
         key = f"{self.prefix}:{message.message_id}"
-        waiters = self._running.get(key)
-        if waiters is not None:
-            return await self._join(waiters)
+        if key in self._running:
+            return await self._join(key, message, ctx, next)
         claim = await self.store.claim(key, self.options.lease)
-        if isinstance(claim, Done):
+        if type(claim) is Acquired:
+            return await self._run(key, claim.token, message, ctx, next)
+        if type(claim) is Done:
             return self.serializer.decode(claim.result, self.result_type)
-        if not isinstance(claim, Acquired):
-            if ctx.delivery is not None:
-                raise InProgressError(key)
-            return await self._await_other(key, message, ctx, next)
-        return await self._run(key, claim.token, message, ctx, next)
+        if ctx.delivery is not None:
+            raise InProgressError(key)
+        return await self._await_other(key, message, ctx, next)
 
     async def _run(self, key: str, token: str, message: Any, ctx: Any, next: Next) -> Any:
-        waiters: list[asyncio.Future[Any]] = []
-        self._running[key] = waiters
+        # Duplicates arriving meanwhile append futures here (the list is made only then).
+        self._running[key] = None
         self.keeper.hold(key, token)
         try:
             result = await next(message, ctx)
@@ -82,18 +81,26 @@ class IdempotencyBehavior:
                 logger.error("idempotency lease lost before commit", key=key)
         except BaseException as exc:
             await self.store.release(key, token)
-            _settle(waiters, exc=exc)
+            # A cancelled caller must not cancel its duplicates: they claim again.
+            outcome = _OwnerCancelledError() if isinstance(exc, asyncio.CancelledError) else exc
+            _settle(self._running.pop(key), exc=outcome)
             raise
         finally:
-            del self._running[key]
             self.keeper.drop(key)
-        _settle(waiters, result=result)
+        _settle(self._running.pop(key), result=result)
         return result
 
-    async def _join(self, waiters: list[asyncio.Future[Any]]) -> Any:
-        future = asyncio.get_running_loop().create_future()
+    async def _join(self, key: str, message: Any, ctx: Any, next: Next) -> Any:
+        """Wait for the attempt running in this process and share its outcome."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiters = self._running[key]
+        if waiters is None:
+            waiters = self._running[key] = []
         waiters.append(future)
-        return await future
+        try:
+            return await future
+        except _OwnerCancelledError:
+            return await self(message, ctx, next)
 
     async def _await_other(self, key: str, message: Any, ctx: Any, next: Next) -> Any:
         """Poll the store until the other attempt completes, or its lease ends and we take over."""
@@ -111,10 +118,17 @@ class IdempotencyBehavior:
         raise InProgressError(key)
 
 
+class _OwnerCancelledError(Exception):
+    """The attempt a duplicate joined was cancelled; the duplicate claims again."""
+
+
 def _settle(
-    waiters: list[asyncio.Future[Any]], *, result: Any = None, exc: BaseException | None = None
+    waiters: list[asyncio.Future[Any]] | None,
+    *,
+    result: Any = None,
+    exc: BaseException | None = None,
 ) -> None:
-    for future in waiters:
+    for future in waiters or ():
         if future.done():
             continue
         if exc is None:

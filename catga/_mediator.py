@@ -159,16 +159,17 @@ class Mediator:
             PublishError: one or more handlers failed for good (the others still ran).
         """
         plan = self._plan(type(event))
+        if plan.is_command:
+            raise MessageKindError(f"publish takes an Event; use send() for {plan.name}")
         level = plan.qos if qos is None else QoS(qos)
         if plan.route is not None:
             await self._transport().publish(
                 plan.route, self._envelope(plan, event, level), qos=level
             )
             return
-        if not isinstance(event, Event):
-            raise MessageKindError(f"publish takes an Event; use send() for {plan.name}")
         chains = self._builder.chains(plan, level, False)
         if level == QoS.AT_MOST_ONCE:
+            self._check_open()
             for chain, handler in chains:
                 self._spawn(chain(event, Context(plan.message_type, handler, level)))
             return
@@ -199,6 +200,8 @@ class Mediator:
         local: list[Event] = []
         for event in events:
             plan = self._plan(type(event))
+            if plan.is_command:
+                raise MessageKindError(f"publish_many takes Events; use send() for {plan.name}")
             if plan.route is None:
                 local.append(event)
                 continue
@@ -311,9 +314,11 @@ class Mediator:
             )
         return HandlerNotFoundError(type(message))
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise CatgaError("the mediator is closed: create a new one to dispatch messages")
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._reap)

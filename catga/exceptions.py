@@ -67,7 +67,7 @@ class HandlerNotFoundError(CatgaError, LookupError):
     def __init__(self, message_type: type) -> None:
         self.message_type = message_type
         super().__init__(
-            f"no handler for command {message_type.__qualname__}: decorate one with "
+            f"no handler for {message_type.__qualname__}: decorate one with "
             f"@handles({message_type.__name__}) and register it"
         )
 

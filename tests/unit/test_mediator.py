@@ -512,11 +512,6 @@ class TestExactlyOnce:
             assert await mediator.send(command) == "ok"
         assert len(handler.calls) == 2
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: every duplicate that joined a failing QoS 2 attempt goes through its "
-        "own DeadLetterBehavior, so one message is dead-lettered once per duplicate",
-    )
     async def test_concurrent_failing_duplicates_dead_letter_once(self) -> None:
         """Duplicates of one failing QoS 2 command leave one dead letter, not one per caller."""
         gate = asyncio.Event()
@@ -531,11 +526,6 @@ class TestExactlyOnce:
         assert len(handler.calls) == 1
         assert len(mediator.dead_letters) == 1
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: IdempotencyBehavior._run settles joined duplicates with the owner's "
-        "CancelledError, so cancelling one caller cancels every concurrent duplicate",
-    )
     async def test_cancelling_the_first_caller_does_not_cancel_duplicates(self) -> None:
         """A duplicate waiting on an attempt whose caller is cancelled still gets a result."""
         gate = asyncio.Event()
@@ -880,11 +870,6 @@ class TestDeadLetterReplay:
             with pytest.raises(HandlerNotFoundError):
                 await other.replay_dead_letter(entry.id)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: InMemoryDeadLetterQueue.replay pops the entry before dispatching, and "
-        "errors that are never dead-lettered (no handler, validation, dependency) lose it",
-    )
     async def test_failed_replay_keeps_the_dead_letter(self) -> None:
         """A replay that fails without being dead-lettered again leaves the entry in the queue."""
         queue = InMemoryDeadLetterQueue()
@@ -966,11 +951,6 @@ class TestRouting:
                 await mediator.send(Shipped())  # type: ignore[arg-type]
         assert transport.requests == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: Mediator.publish (and publish_many) hand a routed Command to the "
-        "transport before the Event check, so publish(command) silently succeeds",
-    )
     async def test_publish_of_a_routed_command_is_a_kind_error(self) -> None:
         """publish of a routed command raises MessageKindError and publishes nothing."""
         transport = RecordingTransport()
@@ -1094,11 +1074,6 @@ class TestLifecycle:
             gc.collect()
         assert handler.calls == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: Mediator.publish builds the handler coroutines before _spawn checks "
-        "_closed, leaking 'coroutine ... was never awaited' RuntimeWarnings",
-    )
     async def test_refused_publish_leaves_no_unawaited_coroutine(self) -> None:
         """A publish refused because the mediator is closed creates no coroutine."""
         mediator = Mediator(HandlerRegistry(Primary()), options=OPTIONS)
