@@ -129,15 +129,15 @@ class RedisTransport:
         with map_redis_errors(what="connect"):
             await client.ping()
             try:
-                reply = cast("dict[bytes, bytes]", await client.config_get("maxmemory-policy"))
-                policy = reply.get(b"maxmemory-policy")
+                reply = cast("dict[Any, Any]", await client.config_get("maxmemory-policy"))
+                policy = _text(reply.get("maxmemory-policy", reply.get(b"maxmemory-policy")))
             except Exception as exc:  # noqa: BLE001 - CONFIG is often disabled on managed Redis
                 logger.debug("CONFIG GET not allowed; server not checked", error=repr(exc))
                 return
-        if policy is None or policy == b"noeviction":
+        if policy is None or policy == "noeviction":
             return
         text = (
-            f"Redis maxmemory-policy is {policy.decode()!r}: evicted dedup and idempotency "
+            f"Redis maxmemory-policy is {policy!r}: evicted dedup and idempotency "
             "keys break QoS 2, and evicted streams lose messages; set it to 'noeviction'"
         )
         if self.config.require_noeviction:
@@ -339,6 +339,10 @@ class RedisTransport:
                 await client.xrange(f"{self.config.prefix}:{route}:dlq", count=limit),
             )
         return [_dead_letter(route, entry_id, fields) for entry_id, fields in entries]
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _dead_letter(route: str, entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
