@@ -22,8 +22,8 @@ class InMemoryIdempotencyStore:
     """An :class:`~catga.typing.IdempotencyStore` in this process's memory.
 
     Entries expire (leases after ``lease``, results after ``ttl``) and at most
-    ``max_entries`` are kept: when full, expired entries are swept, then the oldest
-    completed ones are dropped. Leases held by running attempts are never dropped;
+    ``max_entries`` are kept: when full, the oldest expired or completed entries are
+    dropped (a tenth of the bound at a time). Leases held by running attempts are never dropped;
     when every entry is a live lease, ``claim`` raises :class:`StoreError`.
 
     Args:
@@ -88,16 +88,17 @@ class InMemoryIdempotencyStore:
         return entry
 
     def _make_room(self, now: float) -> None:
-        expired = [k for k, e in self._entries.items() if e[1] <= now]
-        for k in expired:
-            del self._entries[k]
-        if len(self._entries) < self._max:
-            return
-        # Drop the oldest tenth of completed results at once so the sweep is amortised.
+        # Oldest first (dicts keep insertion order): drop a tenth of the bound in expired
+        # or completed entries at once, so the scan is amortised over many claims.
         budget = max(1, self._max // 10)
-        done = list(itertools.islice((k for k, e in self._entries.items() if e[0] is None), budget))
-        for k in done:
-            del self._entries[k]
+        victims: list[str] = []
+        for key, (token, expires, _) in self._entries.items():
+            if token is None or expires <= now:
+                victims.append(key)
+                if len(victims) >= budget:
+                    break
+        for key in victims:
+            del self._entries[key]
         if len(self._entries) >= self._max:
             raise StoreError(
                 f"idempotency store is full: {self._max} attempts in progress at once; "

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 class JsonSerializer:
-    """JSON via msgspec: 4x faster than cattrs+orjson here (``python -m bench.serializer``).
+    """JSON via msgspec: ~3x faster than cattrs+orjson here (``python -m bench.serializer``).
 
     Decoding validates shape and types against the target class, so a payload
     never becomes anything but the type the registry named.

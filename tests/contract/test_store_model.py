@@ -80,13 +80,11 @@ class StoreModel(RuleBasedStateMachine):
         return entry if entry is not None and entry.token == token else None
 
     def make_room(self) -> bool:
-        """Sweep expired entries, then the oldest done ones; False if still full."""
-        for key in [k for k, e in self.model.items() if e.expires <= self.clock.now]:
-            del self.model[key]
-        if len(self.model) < self.max_entries:
-            return True
-        done = [k for k, e in self.model.items() if e.token is None]
-        for key in done[: max(1, self.max_entries // 10)]:
+        """Drop the oldest expired or done entries, a tenth of the bound; False if still full."""
+        victims = [
+            k for k, e in self.model.items() if e.token is None or e.expires <= self.clock.now
+        ]
+        for key in victims[: max(1, self.max_entries // 10)]:
             del self.model[key]
         return len(self.model) < self.max_entries
 

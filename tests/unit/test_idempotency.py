@@ -278,15 +278,16 @@ class TestInMemoryStore:
         with pytest.raises(StoreError, match="full"):
             await store.claim("c", 10.0)
 
-    async def test_expired_entries_are_swept_when_full(self) -> None:
-        """A full store first sweeps expired entries."""
+    async def test_oldest_expired_entry_makes_room_when_full(self) -> None:
+        """A full store drops its oldest expired entry to take a new key."""
         now = [0.0]
         store = InMemoryIdempotencyStore(max_entries=2, clock=lambda: now[0])
         await store.claim("a", 1.0)
         await store.claim("b", 1.0)
         now[0] = 2.0
         assert isinstance(await store.claim("c", 1.0), Acquired)
-        assert len(store) == 1
+        assert len(store) == 2
+        assert isinstance(await store.claim("b", 1.0), Acquired)  # expired, kept until needed
 
     def test_max_entries_must_be_positive(self) -> None:
         """max_entries < 1 is refused."""
