@@ -22,6 +22,7 @@ from .exceptions import (
     CatgaError,
     ConfigurationError,
     HandlerNotFoundError,
+    InProgressError,
     MessageKindError,
     PublishError,
     RemoteHandlerError,
@@ -356,6 +357,7 @@ async def _run_all(
         try:
             await chain(event, Context(plan.message_type, handler, level, delivery))
         except Exception as exc:
+            _raise_busy(exc, delivery)
             raise PublishError(event.message_id, ((handler.name, exc),)) from exc
         return
     results = await asyncio.gather(
@@ -370,5 +372,12 @@ async def _run_all(
     for _, error in errors:
         if not isinstance(error, Exception):
             raise error
+        _raise_busy(error, delivery)
     if errors:
         raise PublishError(event.message_id, errors) from errors[0][1]
+
+
+def _raise_busy(error: BaseException, delivery: Delivery | None) -> None:
+    """From a broker, a handler busy elsewhere defers the delivery: it has not failed."""
+    if delivery is not None and isinstance(error, InProgressError):
+        raise error

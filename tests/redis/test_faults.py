@@ -282,11 +282,6 @@ class TestConcurrentDuplicates:
             for close in reversed(closers):
                 await close()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="core: _run_all wraps an event handler's InProgressError in PublishError, so the "
-        "worker retries a busy QoS 2 event duplicate as a failure and dead-letters it",
-    )
     async def test_busy_event_duplicate_on_another_consumer_is_deferred(
         self, redis_server: AnyRedis, effects: Redis, prefix: str
     ) -> None:

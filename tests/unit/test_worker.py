@@ -281,6 +281,30 @@ class TestExactlyOnce:
             assert effects.calls["charge:pay-2"] == 0
 
 
+    async def test_busy_event_duplicate_is_deferred_not_failed(
+        self, broker: InMemoryBroker, effects: Effects
+    ) -> None:
+        """A QoS 2 event whose handler key is held elsewhere is nacked as busy, not retried."""
+        store = InMemoryIdempotencyStore()
+        async with InMemoryTransport(broker) as transport:
+            mediator = Mediator(
+                handlers(effects),
+                options=CatgaOptions(routes=ROUTES),
+                transport=transport,
+                store=store,
+            )
+            event = Shipped(order_id="o-9", message_id="evt-9")
+            key = f"Shipped:{__name__}.handlers.<locals>.shipped:evt-9"
+            claim = await store.claim(key, 30)
+            async with Worker(mediator, busy_delay=0.01) as worker:
+                await mediator.publish(event, qos=QoS.EXACTLY_ONCE)
+                await eventually(lambda: worker.health().deferred >= 2)
+                assert worker.health().retried == 0
+                await store.release(key, claim.token)  # type: ignore[union-attr]
+                await eventually(lambda: worker.health().handled == 1)
+            assert effects.calls["shipped:o-9"] == 1
+
+
 class TestKeepalive:
     async def test_long_handler_is_not_redelivered(
         self, broker: InMemoryBroker, sender: Mediator, effects: Effects
