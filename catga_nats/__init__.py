@@ -7,4 +7,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('catga_nats needs the NATS driver: pip install "catga[nats]"') from exc
 
-__all__: list[str] = []
+from ._config import NatsConfig
+from ._container import NatsContainer
+from ._idempotency import NatsIdempotencyStore
+from ._transport import NatsTransport
+
+__all__ = ["NatsConfig", "NatsContainer", "NatsIdempotencyStore", "NatsTransport"]
