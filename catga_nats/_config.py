@@ -78,6 +78,7 @@ class NatsConfig:
             TTL is ignored on nats-server 2.9, so a lease longer than this ends early).
         done_ttl: the done bucket's TTL, the upper bound of result retention.
         reconnect_wait: seconds between reconnect attempts.
+        connect_timeout: seconds the first connect may take (reconnects are endless).
     """
 
     servers: tuple[str, ...] = field(
@@ -109,6 +110,7 @@ class NatsConfig:
     lease_ttl: float = field(default=120.0, validator=_positive)
     done_ttl: float = field(default=24 * 3600.0, validator=_positive)
     reconnect_wait: float = field(default=0.5, validator=_positive)
+    connect_timeout: float = field(default=5.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_deliver <= len(self.backoff):

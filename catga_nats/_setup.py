@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Any
@@ -26,6 +27,7 @@ from nats.js.kv import KeyValue
 from catga.exceptions import ConfigurationError
 
 from ._config import NatsConfig
+from .exceptions import NatsConnectionError
 
 __all__ = [
     "consumer_config",
@@ -50,11 +52,24 @@ async def open_client(config: NatsConfig, role: str) -> Client:
         log.warning("nats error", error=repr(exc))
 
     async def disconnected_cb() -> None:
-        log.warning("nats disconnected")
+        log.info("nats disconnected")
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected")
 
+    try:
+        async with asyncio.timeout(config.connect_timeout):
+            return await _connect(config, role, error_cb, disconnected_cb, reconnected_cb)
+    except TimeoutError:
+        # With endless reconnects nats-py retries the first connect forever too.
+        raise NatsConnectionError(
+            f"no NATS server reachable at {', '.join(config.servers)} within "
+            f"{config.connect_timeout}s"
+        ) from None
+
+
+async def _connect(config: NatsConfig, role: str, *callbacks: Any) -> Client:
+    error_cb, disconnected_cb, reconnected_cb = callbacks
     return await nats.connect(
         list(config.servers),
         name=f"{config.name}-{role}",

@@ -77,7 +77,8 @@ def translate(exc: Exception, *, store: bool = False, what: str = "") -> CatgaEr
         store: map to :class:`NatsStoreError` (the KV store) instead of a transport error.
         what: the operation, for the message.
     """
-    text = f"{what}: {type(exc).__name__}: {exc}" if what else f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__}: {_describe(exc)}"
+    text = f"{what}: {text}" if what else text
     code = getattr(exc, "err_code", None) if isinstance(exc, nats.js.errors.APIError) else None
     if store:
         return NatsStoreError(text, code)
@@ -86,6 +87,13 @@ def translate(exc: Exception, *, store: bool = False, what: str = "") -> CatgaEr
     if isinstance(exc, TIMEOUT_ERRORS):
         return PublishTimeoutError(f"{text} (the message may or may not be stored)")
     return NatsJetStreamError(text, code)
+
+
+def _describe(exc: Exception) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - some driver errors cannot print without their fields
+        return repr(exc.args)
 
 
 @contextlib.contextmanager
