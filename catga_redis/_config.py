@@ -67,6 +67,9 @@ class RedisConfig:
         socket_timeout: per-command socket timeout; must exceed ``block``.
         socket_connect_timeout: connect timeout.
         reconnect_max: cap on the backoff between reconnect attempts of a consumer loop.
+        max_connections: connections per client pool (the transport's, the store's);
+            a command waits up to ``socket_timeout`` for a free one. Blocking readers
+            (one per subscription) have connections of their own.
         require_noeviction: fail ``connect()`` when the server's ``maxmemory-policy`` is
             not ``noeviction`` (evicted dedup or idempotency keys break QoS 2); when
             ``False`` it is only logged. Skipped when ``CONFIG GET`` is not allowed.
@@ -91,6 +94,7 @@ class RedisConfig:
     socket_timeout: float = field(default=5.0, validator=_positive)
     socket_connect_timeout: float = field(default=5.0, validator=_positive)
     reconnect_max: float = field(default=5.0, validator=_positive)
+    max_connections: int = field(default=50, validator=_positive_int)
     require_noeviction: bool = True
 
     def __attrs_post_init__(self) -> None:

@@ -122,6 +122,24 @@ end
 return redis.call('XTRIM', KEYS[1], 'MINID', floor)
 """
 
+# Replay a dead letter: KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] its id.
+# Re-adds the original fields (not catga's notes) and deletes the dead letter, in one
+# step. Returns 1, 0 when there is no such dead letter, -1 when it holds no fields.
+REPLAY = """
+local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f, out = e[1][2], {}
+for i = 1, #f, 2 do
+  if string.sub(f[i], 1, 6) ~= 'catga-' then
+    table.insert(out, f[i]); table.insert(out, f[i + 1])
+  end
+end
+if #out == 0 then return -1 end
+redis.call('XADD', KEYS[1], '*', unpack(out))
+redis.call('XDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
 # Drop a consumer only if nothing is pending under it (DELCONSUMER would drop its
 # pending entries). KEYS[1] stream; ARGV[1] group, ARGV[2] consumer.
 FORGET_CONSUMER = """
@@ -132,29 +150,39 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 # Idempotency store. A key holds 'p' .. token while leased, 'd' .. result when done.
-# claim: KEYS[1]; ARGV[1] token, [2] lease ms -> {1} acquired, {0} busy, {2, result}.
-STORE_CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], 'p' .. ARGV[1], 'PX', ARGV[2])
-  return {1}
+# One call runs a batch of operations, one per key: ARGV holds 4 values per key:
+# op ('claim', 'extend', 'complete' or 'release'), token, lease or ttl ms, result.
+# claim -> {1} acquired, {0} busy, {2, result} done; the others -> 1 if the token
+# owned the key (and the op was applied), else 0.
+STORE_BATCH = """
+local out = {}
+for i = 1, #KEYS do
+  local k, j = KEYS[i], (i - 1) * 4
+  local op, token, ms = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  local v = redis.call('GET', k)
+  if op == 'claim' then
+    if not v then
+      redis.call('SET', k, 'p' .. token, 'PX', ms)
+      out[i] = {1}
+    elseif string.sub(v, 1, 1) == 'd' then
+      out[i] = {2, string.sub(v, 2)}
+    else
+      out[i] = {0}
+    end
+  elseif v ~= 'p' .. token then
+    out[i] = 0
+  else
+    if op == 'extend' then
+      redis.call('PEXPIRE', k, ms)
+    elseif op == 'complete' then
+      redis.call('SET', k, 'd' .. ARGV[j + 4], 'PX', ms)
+    else
+      redis.call('DEL', k)
+    end
+    out[i] = 1
+  end
 end
-if string.sub(v, 1, 1) == 'd' then return {2, string.sub(v, 2)} end
-return {0}
-"""
-
-# extend / complete / release, owner-checked: KEYS[1]; ARGV[1] token, ARGV[2] 'extend',
-# 'complete' or 'release', ARGV[3] lease or ttl ms, ARGV[4] result. Returns 1 if owned.
-STORE_UPDATE = """
-if redis.call('GET', KEYS[1]) ~= 'p' .. ARGV[1] then return 0 end
-if ARGV[2] == 'extend' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-elseif ARGV[2] == 'complete' then
-  redis.call('SET', KEYS[1], 'd' .. ARGV[4], 'PX', ARGV[3])
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
+return out
 """
 
 
@@ -168,3 +196,4 @@ class Scripts:
         self.claim: AsyncScript = client.register_script(CLAIM)
         self.trim: AsyncScript = client.register_script(TRIM)
         self.forget_consumer: AsyncScript = client.register_script(FORGET_CONSUMER)
+        self.replay: AsyncScript = client.register_script(REPLAY)

@@ -100,7 +100,8 @@ class Acker:
         self._pending.append((entry_id, future))
         if self._task is None:
             self._task = asyncio.create_task(self._flush(), name=f"catga-redis-ack:{self._key}")
-        await asyncio.shield(future)
+        # A cancelled caller cancels only its wait: the ack is in the batch and still goes.
+        await future
 
     async def aclose(self) -> None:
         """Wait for the acks in flight."""
@@ -115,10 +116,12 @@ class Acker:
                     await self._xack([entry_id for entry_id, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting ack
                     for _, future in batch:
-                        future.set_exception(exc)
+                        if not future.done():
+                            future.set_exception(exc)
                 else:
                     for _, future in batch:
-                        future.set_result(None)
+                        if not future.done():
+                            future.set_result(None)
         finally:
             self._task = None
 

@@ -21,7 +21,12 @@ import structlog
 from redis.asyncio import Redis
 
 from catga import QoS
-from catga.exceptions import ConfigurationError, NotConnectedError, RequestTimeoutError
+from catga.exceptions import (
+    ConfigurationError,
+    DeadLetterError,
+    NotConnectedError,
+    RequestTimeoutError,
+)
 from catga.typing import DeadLetter, DeliveryHandler, Envelope, Subscription
 
 from . import _codec
@@ -339,6 +344,21 @@ class RedisTransport:
                 await client.xrange(f"{self.config.prefix}:{route}:dlq", count=limit),
             )
         return [_dead_letter(route, entry_id, fields) for entry_id, fields in entries]
+
+    async def replay_dead_letter(self, route: str, dead_letter_id: str) -> None:
+        """Add a dead letter back to its stream (no dedup) and remove it from the DLQ, atomically.
+
+        Raises:
+            NotConnectedError: not connected.
+            DeadLetterError: no such dead letter on the route (or nothing to replay).
+            RedisTransportError: Redis failed.
+        """
+        _, scripts = self._connected()
+        key = f"{self.config.prefix}:{route}"
+        with map_redis_errors(what="replay dead letter"):
+            done = await scripts.replay(keys=[key, f"{key}:dlq"], args=[dead_letter_id])
+        if done != 1:
+            raise DeadLetterError(f"no dead letter {dead_letter_id!r} to replay on route {route!r}")
 
 
 def _text(value: str | bytes | None) -> str | None:

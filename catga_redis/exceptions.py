@@ -29,6 +29,7 @@ __all__ = [
     "RedisTimeoutError",
     "RedisTransportError",
     "map_redis_errors",
+    "translate",
 ]
 
 
@@ -87,9 +88,22 @@ def map_redis_errors(*, store: bool = False, what: str = "redis") -> Iterator[No
     try:
         yield
     except redis_errors.RedisError as exc:
-        for source, target in _STORE if store else _TRANSPORT:
-            if isinstance(exc, source):
-                hint = _HINTS.get(target)
-                text = f"{what} failed: {type(exc).__name__}: {exc}"
-                raise target(f"{text} ({hint})" if hint else text) from exc
-        raise  # pragma: no cover - RedisError is the last row of both tables
+        raise translate(exc, store=store, what=what) from exc
+
+
+def translate(
+    exc: redis_errors.RedisError, *, store: bool = False, what: str = "redis"
+) -> Exception:
+    """Return the catga error for a redis-py error (for errors handed over, not raised).
+
+    The caller sets ``__cause__`` (``raise translate(exc) from exc``, or
+    :func:`map_redis_errors`).
+    """
+    for source, target in _STORE if store else _TRANSPORT:
+        if isinstance(exc, source):
+            hint = _HINTS.get(target)
+            text = f"{what} failed: {type(exc).__name__}: {exc}"
+            return target(f"{text} ({hint})" if hint else text)
+    raise AssertionError(
+        "unreachable: RedisError is the last row of both tables"
+    )  # pragma: no cover

@@ -17,6 +17,7 @@ from catga_redis.exceptions import (
     RedisTimeoutError,
     RedisTransportError,
     map_redis_errors,
+    translate,
 )
 
 pytestmark = pytest.mark.redis
@@ -76,7 +77,14 @@ class TestTree:
         assert issubclass(RedisTimeoutError, TimeoutError)
         assert issubclass(RedisStoreConnectionError, ConnectionError)
         assert issubclass(RedisStoreTimeoutError, TimeoutError)
-        assert all(issubclass(getattr(exceptions, n), CatgaError) for n in exceptions.__all__[:-1])
+        classes = [getattr(exceptions, n) for n in exceptions.__all__ if n[0].isupper()]
+        assert all(issubclass(cls, CatgaError) for cls in classes)
+
+    def test_translate_returns_without_raising(self) -> None:
+        """translate() gives the catga error for an error handed over (not raised)."""
+        error = translate(redis_errors.TimeoutError("slow"), store=True, what="claim")
+        assert isinstance(error, RedisStoreTimeoutError)
+        assert str(error) == "claim failed: TimeoutError: slow"
 
     def test_other_errors_pass_through(self) -> None:
         """An error that is not redis-py's is not translated."""

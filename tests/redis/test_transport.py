@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from catga import QoS
-from catga.exceptions import ConfigurationError, NotConnectedError
+from catga.exceptions import ConfigurationError, DeadLetterError, NotConnectedError
 from catga.typing import Delivery, Envelope
 from catga_redis import RedisConfig, RedisTransport, TransportState
 from catga_redis._codec import encode
@@ -82,6 +82,41 @@ class TestDeadLetters:
         assert first.delivery_count == 1
         assert second.reason.startswith("undecodable entry: not a catga envelope")
         assert len(await transport.dead_letters(route, limit=1)) == 1
+
+    async def test_replay_puts_it_back_once(self, transports: Make, route: str) -> None:
+        """A replayed dead letter is consumed again and leaves the DLQ; a second replay fails."""
+        transport = await transports()
+
+        async def reject_first(delivery: Delivery) -> None:
+            if len(inbox.seen) == 1:
+                await delivery.dead_letter("first time")
+            else:
+                await delivery.ack()
+
+        inbox = Inbox(reject_first)
+        await transport.subscribe(route, inbox, group="g", qos=QoS.AT_LEAST_ONCE)
+        sent = envelope()
+        await transport.publish(route, sent, qos=QoS.AT_LEAST_ONCE)
+
+        async def dead() -> bool:
+            return bool(await transport.dead_letters(route))
+
+        await eventually(dead)
+        [letter] = await transport.dead_letters(route)
+        await transport.replay_dead_letter(route, letter.id)
+        await eventually(lambda: inbox.ids() == [sent.message_id] * 2)
+        assert await transport.dead_letters(route) == []
+        with pytest.raises(DeadLetterError):
+            await transport.replay_dead_letter(route, letter.id)
+
+    async def test_replay_of_notes_only_is_refused(
+        self, transports: Make, client: Redis, prefix: str, route: str
+    ) -> None:
+        """A dead letter holding no original fields cannot be replayed."""
+        transport = await transports()
+        entry = await client.xadd(f"{prefix}:{route}:dlq", {"catga-reason": "x"})
+        with pytest.raises(DeadLetterError):
+            await transport.replay_dead_letter(route, entry.decode())
 
     async def test_dlq_is_bounded(self, transports: Make, route: str) -> None:
         """The dead-letter stream keeps the newest dlq_max entries."""
