@@ -7,9 +7,10 @@ and every record also carries its own expiry, checked on read:
   done bucket, because a finished attempt deletes its lease. A loser reads the done
   bucket (``Done``), else takes over an expired lease with ``update(last=revision)``,
   else ``InProgress``.
-* complete: a fencing ``update(last=revision)`` of our own lease proves we still own it
-  (a stale owner's revision is gone), then ``create`` in the done bucket: only one
-  result is ever committed per key while it is kept.
+* complete: proves ownership, by the lease's remaining time when this store won it
+  recently, else with a fencing ``update(last=revision)`` (a stale owner's revision is
+  gone); then ``create`` in the done bucket: only one result is ever committed per key
+  while it is kept. The lease record is then deleted without awaiting the answer.
 """
 
 from __future__ import annotations
@@ -39,11 +40,21 @@ logger = structlog.get_logger(__name__)
 
 _REVISIONS_KEPT = 10_000
 _CLAIM_ROUNDS = 3
+_FRESH_MIN = 1.0  # seconds of lease left below which complete() fences
 
 
 class _Lease(msgspec.Struct, frozen=True, array_like=True):
     owner: str
     expires: float
+
+
+class _Held(msgspec.Struct, frozen=True):
+    """What this store knows of a lease it won: enough to skip a read."""
+
+    token: str
+    revision: int
+    expires: float
+    lease: float
 
 
 class _Result(msgspec.Struct, frozen=True, array_like=True):
@@ -81,7 +92,7 @@ class NatsIdempotencyStore:
         self._leases: KeyValue | None = None
         self._done: KeyValue | None = None
         self._lock = asyncio.Lock()
-        self._revisions: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._held: OrderedDict[str, _Held] = OrderedDict()
         self._closed = False
 
     async def connect(self) -> None:
@@ -104,7 +115,7 @@ class NatsIdempotencyStore:
                     KeyValueConfig(
                         bucket=self.config.lease_bucket_name,
                         ttl=self.config.lease_ttl,
-                        storage=storage,
+                        storage=StorageType(self.config.lease_storage),
                         history=1,
                         direct=True,
                     ),
@@ -146,7 +157,9 @@ class NatsIdempotencyStore:
         leases, done = await self._buckets()
         k = _kv_key(key)
         token = uuid.uuid4().hex
-        value = _enc.encode(_Lease(token, time.time() + lease))
+        expires = time.time() + lease
+        value = _enc.encode(_Lease(token, expires))
+        held = _Held(token, 0, expires, lease)
         with translate_errors("claim", store=True):
             for _ in range(_CLAIM_ROUNDS):
                 try:
@@ -154,24 +167,24 @@ class NatsIdempotencyStore:
                 except nats.js.errors.KeyWrongLastSequenceError:
                     pass
                 else:
-                    return await self._acquired(k, token, revision)
+                    return await self._acquired(k, held, revision)
                 stored = await _get_result(done, k)
                 if stored is not None:
                     return Done(stored)
                 current = await _get(leases, k)
                 if current is None:
                     continue  # deleted since our create: try again
-                entry_revision, held = current
-                if held.expires > time.time():
+                entry_revision, holder = current
+                if holder.expires > time.time():
                     return InProgress()
                 try:
                     revision = await leases.update(k, value, last=entry_revision)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     return InProgress()
-                return await self._acquired(k, token, revision)
+                return await self._acquired(k, held, revision)
             return InProgress()
 
-    async def _acquired(self, k: str, token: str, revision: int) -> ClaimResult:
+    async def _acquired(self, k: str, held: _Held, revision: int) -> ClaimResult:
         # A finished attempt deletes its lease after committing, so a lease just won
         # may hide a result: check before running the handler again.
         _, done = await self._buckets()
@@ -179,8 +192,8 @@ class NatsIdempotencyStore:
         if stored is not None:
             await _delete(await self._lease_bucket(), k, revision)
             return Done(stored)
-        self._remember(k, token, revision)
-        return Acquired(token)
+        self._remember(k, msgspec.structs.replace(held, revision=revision))
+        return Acquired(held.token)
 
     async def extend(self, key: str, token: str, lease: float) -> bool:
         """Renew a held lease; ``False`` when ``token`` no longer owns it."""
@@ -191,13 +204,13 @@ class NatsIdempotencyStore:
             revision = await self._owned(leases, k, token)
             if revision is None:
                 return False
-            value = _enc.encode(_Lease(token, time.time() + lease))
+            expires = time.time() + lease
             try:
-                new = await leases.update(k, value, last=revision)
+                new = await leases.update(k, _enc.encode(_Lease(token, expires)), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._forget(k)
                 return False
-            self._remember(k, token, new)
+            self._remember(k, _Held(token, new, expires, lease))
             return True
 
     async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
@@ -209,18 +222,12 @@ class NatsIdempotencyStore:
         leases, done = await self._buckets()
         k = _kv_key(key)
         with translate_errors("complete", store=True):
-            revision = await self._owned(leases, k, token)
+            revision = await self._fence(leases, k, token)
             if revision is None:
-                return False
-            fence = _enc.encode(_Lease(token, time.time() + self.config.lease_ttl))
-            try:
-                revision = await leases.update(k, fence, last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self._forget(k)
                 return False
             committed = await _commit(done, k, _enc.encode(_Result(result, time.time() + ttl)))
             self._forget(k)
-            await _delete(leases, k, revision)
+            await self._drop_lease(k, revision)
             if not committed:
                 logger.error("idempotency result already committed by another attempt", key=key)
             return committed
@@ -235,28 +242,64 @@ class NatsIdempotencyStore:
                 self._forget(k)
                 await _delete(leases, k, revision)
 
+    async def _drop_lease(self, k: str, revision: int) -> None:
+        """Delete our lease record without waiting for the server's answer.
+
+        Only an optimisation: the result is committed already, and a claim that wins a
+        lease checks the done bucket before running the handler.
+        """
+        assert self._client is not None
+        await self._client.publish(
+            f"$KV.{self.config.lease_bucket_name}.{k}",
+            b"",
+            headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)},
+        )
+
     async def _lease_bucket(self) -> KeyValue:
         leases, _ = await self._buckets()
         return leases
 
+    async def _fence(self, leases: KeyValue, k: str, token: str) -> int | None:
+        """Prove ``token`` owns the lease; return its revision, or ``None`` if it does not.
+
+        A lease this store won that still has a good part of its time left (by this
+        host's clock) cannot have been taken over, so no round trip is spent; otherwise a
+        fencing ``update(last=revision)`` proves it. Either way only one result can be
+        committed: the done record is created with a compare-and-set.
+        """
+        held = self._held.get(k)
+        if held is not None and held.token == token:
+            left = held.expires - time.time()
+            if left > max(_FRESH_MIN, held.lease / 4):
+                return held.revision
+        revision = await self._owned(leases, k, token)
+        if revision is None:
+            return None
+        fence = _enc.encode(_Lease(token, time.time() + self.config.lease_ttl))
+        try:
+            return await leases.update(k, fence, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self._forget(k)
+            return None
+
     async def _owned(self, leases: KeyValue, k: str, token: str) -> int | None:
         """Return the revision of our lease record, or ``None`` if ``token`` does not own it."""
-        cached = self._revisions.get(k)
-        if cached is not None and cached[0] == token:
-            return cached[1]
+        held = self._held.get(k)
+        if held is not None and held.token == token:
+            return held.revision
         current = await _get(leases, k)
         if current is None or current[1].owner != token:
             return None
         return current[0]
 
-    def _remember(self, k: str, token: str, revision: int) -> None:
-        self._revisions[k] = (token, revision)
-        self._revisions.move_to_end(k)
-        while len(self._revisions) > _REVISIONS_KEPT:
-            self._revisions.popitem(last=False)
+    def _remember(self, k: str, held: _Held) -> None:
+        self._held[k] = held
+        self._held.move_to_end(k)
+        while len(self._held) > _REVISIONS_KEPT:
+            self._held.popitem(last=False)
 
     def _forget(self, k: str) -> None:
-        self._revisions.pop(k, None)
+        self._held.pop(k, None)
 
     def _check_lease(self, lease: float) -> None:
         if lease > self.config.lease_ttl:
