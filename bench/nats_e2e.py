@@ -8,7 +8,7 @@ received / (last received - producer start). Cases:
 * raw core: ``nc.publish`` loop -> ``nc.subscribe`` callback (the QoS 0 ceiling);
 * raw JetStream: ``js.publish_async`` with 100 in flight -> ``pull fetch(100)`` + ``ack``
   each (the QoS 1/2 ceiling);
-* catga QoS 0/1/2: ``Mediator.publish_many`` (batches of 100) of routed events ->
+* catga QoS 0/1/2: ``Mediator.publish_many`` (batches of 1,000, 100 in flight) ->
   ``Worker`` (concurrency 100) -> the pipeline -> the handler; QoS 2 with the KV store.
 
 Latency: one message at a time, publish -> handler, in one process over two
@@ -43,6 +43,7 @@ from ._harness import environment, progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IDLE = 10.0  # a consumer gives up after this long without a message
+BATCH = 1000  # events per Mediator.publish_many; at most 100 unacknowledged at once
 
 
 @frozen(kw_only=True)
@@ -234,8 +235,8 @@ async def produce_catga(qos: int, url: str, prefix: str, n: int) -> None:
     async with NatsTransport(nats_config(url, prefix)) as transport:
         mediator = Mediator(registry, options=CatgaOptions(routes=ROUTES), transport=transport)
         kind = TYPES[qos]
-        for base in range(0, n, 100):
-            await mediator.publish_many([kind(n=i) for i in range(base, min(n, base + 100))])  # type: ignore[call-arg]
+        for base in range(0, n, BATCH):
+            await mediator.publish_many([kind(n=i) for i in range(base, min(n, base + BATCH))])  # type: ignore[call-arg]
         await transport.client.flush()
 
 

@@ -194,22 +194,23 @@ class NatsTransport:
             return
         subject = self.config.durable_subject(route)
         futures: list[asyncio.Future[PubAck]] = []
+        loop = asyncio.get_running_loop()
+        # No wait_stall: it costs a task per message. The deadline moves with progress
+        # instead: publish_timeout without a free in-flight slot or a PubAck fails.
         try:
             with translate_errors("publish"):
-                for envelope in envelopes:
-                    futures.append(  # noqa: PERF401 - awaited one by one, in order
-                        await js.publish_async(
-                            subject,
-                            _wire.encode(envelope),
-                            wait_stall=self.config.publish_timeout,
-                            headers={_wire.MSG_ID: envelope.message_id},
+                async with asyncio.timeout(self.config.publish_timeout) as deadline:
+                    for envelope in envelopes:
+                        futures.append(
+                            await js.publish_async(
+                                subject,
+                                _wire.encode(envelope),
+                                headers={_wire.MSG_ID: envelope.message_id},
+                            )
                         )
-                    )
-                done, _ = await asyncio.wait(futures, timeout=self.config.publish_timeout)
-                for future in futures:
-                    if future not in done:
-                        raise nats.errors.TimeoutError
-                    future.result()
+                        deadline.reschedule(loop.time() + self.config.publish_timeout)
+                    for future in futures:
+                        await future
         finally:
             for future in futures:  # frees the driver's in-flight slots of unanswered ones
                 if not future.done():
