@@ -20,8 +20,13 @@ __all__ = ["RedisIdempotencyStore", "make_client"]
 _IN_PROGRESS = InProgress()
 _BATCH_MAX = 512
 
-# One operation of a batch: key, (op, token, ms, result), the caller's future.
-_Op = tuple[str, tuple[str, str, int, bytes], "asyncio.Future[Any]"]
+# One operation of a batch: key, its framed argument (see STORE_BATCH), the caller's future.
+_Op = tuple[str, bytes, "asyncio.Future[Any]"]
+
+
+def _frame(op: bytes, token: str, ms: int, result: bytes = b"") -> bytes:
+    raw = token.encode()
+    return b"%s%d %d %s%s" % (op, ms, len(raw), raw, result)
 
 
 def make_client(config: RedisConfig) -> Redis:
@@ -55,7 +60,7 @@ class _Batcher:
         self._queue: list[_Op] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def run(self, key: str, op: tuple[str, str, int, bytes]) -> Any:
+    async def run(self, key: str, op: bytes, what: str) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((key, op, future))
         if self._task is None:
@@ -63,7 +68,7 @@ class _Batcher:
         try:
             return await future
         except redis_errors.RedisError as exc:
-            raise translate(exc, store=True, what=f"idempotency {op[0]}") from exc
+            raise translate(exc, store=True, what=f"idempotency {what}") from exc
 
     async def _flush(self) -> None:
         try:
@@ -72,7 +77,7 @@ class _Batcher:
                 try:
                     results = await self._script(
                         keys=[key for key, _, _ in batch],
-                        args=[value for _, op, _ in batch for value in op],
+                        args=[op for _, op, _ in batch],
                     )
                 except Exception as exc:  # noqa: BLE001 - handed to every caller
                     results = [exc] * len(batch)
@@ -117,8 +122,8 @@ class RedisIdempotencyStore:
             RedisStoreError: Redis failed (a subclass says whether it was unreachable).
         """
         token = secrets.token_hex(8)
-        op = ("claim", token, self.config.ms(lease), b"")
-        reply = await self._batch.run(self._prefix + key, op)
+        op = _frame(b"c", token, self.config.ms(lease))
+        reply = await self._batch.run(self._prefix + key, op, "claim")
         if reply[0] == 1:
             return Acquired(token)
         if reply[0] == 2:
@@ -127,17 +132,17 @@ class RedisIdempotencyStore:
 
     async def extend(self, key: str, token: str, lease: float) -> bool:
         """Renew the lease if ``token`` still owns the key."""
-        op = ("extend", token, self.config.ms(lease), b"")
-        return bool(await self._batch.run(self._prefix + key, op))
+        op = _frame(b"e", token, self.config.ms(lease))
+        return bool(await self._batch.run(self._prefix + key, op, "extend"))
 
     async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
         """Store the result for ``ttl`` seconds if ``token`` still owns the key."""
-        op = ("complete", token, self.config.ms(ttl), result)
-        return bool(await self._batch.run(self._prefix + key, op))
+        op = _frame(b"d", token, self.config.ms(ttl), result)
+        return bool(await self._batch.run(self._prefix + key, op, "complete"))
 
     async def release(self, key: str, token: str) -> None:
         """Drop the lease if ``token`` still owns it."""
-        await self._batch.run(self._prefix + key, ("release", token, 1, b""))
+        await self._batch.run(self._prefix + key, _frame(b"r", token, 1), "release")
 
     async def aclose(self) -> None:
         """Close the client (unless it was passed in); idempotent."""

@@ -34,6 +34,24 @@ end
 return added
 """
 
+# publish_many at QoS 1 / QoS 0: KEYS[1] stream or channel; ARGV encoded envelopes.
+# One command for the batch: redis-py spends more time packing and parsing a
+# pipeline's N commands than Redis spends running them.
+XADD_MANY = """
+for i = 1, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'm', ARGV[i])
+end
+return #ARGV
+"""
+
+PUBLISH_MANY = """
+local receivers = 0
+for i = 1, #ARGV do
+  receivers = receivers + redis.call('PUBLISH', KEYS[1], ARGV[i])
+end
+return receivers
+"""
+
 # nack / in_progress: KEYS[1] stream; ARGV[5] the idle time to set, in ms. XCLAIM
 # JUSTID keeps the delivery count; the idle time decides when XAUTOCLAIM takes it.
 TOUCH = (
@@ -150,17 +168,23 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 # Idempotency store. A key holds 'p' .. token while leased, 'd' .. result when done.
-# One call runs a batch of operations, one per key: ARGV holds 4 values per key:
-# op ('claim', 'extend', 'complete' or 'release'), token, lease or ttl ms, result.
-# claim -> {1} acquired, {0} busy, {2, result} done; the others -> 1 if the token
-# owned the key (and the op was applied), else 0.
+# One call runs a batch of operations, one per key; ARGV[i] frames operation i as
+# op (c, e, r or d: claim, extend, release, done) .. ms .. ' ' .. #token .. ' ' ..
+# token .. result: one argument per operation, because redis-py's cost per argument
+# dominated the QoS 2 profile. claim -> {1} acquired, {0} busy, {2, result} done;
+# the others -> 1 if the token owned the key (and the op was applied), else 0.
 STORE_BATCH = """
 local out = {}
 for i = 1, #KEYS do
-  local k, j = KEYS[i], (i - 1) * 4
-  local op, token, ms = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  local k, a = KEYS[i], ARGV[i]
+  local op = string.sub(a, 1, 1)
+  local s1 = string.find(a, ' ', 2, true)
+  local s2 = string.find(a, ' ', s1 + 1, true)
+  local ms = string.sub(a, 2, s1 - 1)
+  local n = tonumber(string.sub(a, s1 + 1, s2 - 1))
+  local token = string.sub(a, s2 + 1, s2 + n)
   local v = redis.call('GET', k)
-  if op == 'claim' then
+  if op == 'c' then
     if not v then
       redis.call('SET', k, 'p' .. token, 'PX', ms)
       out[i] = {1}
@@ -172,10 +196,10 @@ for i = 1, #KEYS do
   elseif v ~= 'p' .. token then
     out[i] = 0
   else
-    if op == 'extend' then
+    if op == 'e' then
       redis.call('PEXPIRE', k, ms)
-    elseif op == 'complete' then
-      redis.call('SET', k, 'd' .. ARGV[j + 4], 'PX', ms)
+    elseif op == 'd' then
+      redis.call('SET', k, 'd' .. string.sub(a, s2 + n + 1), 'PX', ms)
     else
       redis.call('DEL', k)
     end
@@ -191,6 +215,8 @@ class Scripts:
 
     def __init__(self, client: Redis) -> None:
         self.publish_once: AsyncScript = client.register_script(PUBLISH_ONCE)
+        self.xadd_many: AsyncScript = client.register_script(XADD_MANY)
+        self.publish_many: AsyncScript = client.register_script(PUBLISH_MANY)
         self.touch: AsyncScript = client.register_script(TOUCH)
         self.dead_letter: AsyncScript = client.register_script(DEAD_LETTER)
         self.claim: AsyncScript = client.register_script(CLAIM)

@@ -41,6 +41,9 @@ __all__ = ["RedisTransport", "TransportState"]
 
 logger = structlog.get_logger(__name__)
 
+# Envelopes per script call of publish_many: bounds how long one call blocks Redis.
+_CHUNK = 1000
+
 
 class TransportState(enum.Enum):
     """Where a transport is in its life."""
@@ -189,31 +192,27 @@ class RedisTransport:
                 )
 
     async def publish_many(self, route: str, envelopes: Sequence[Envelope], *, qos: QoS) -> None:
-        """Publish several envelopes in one round trip, stored in order.
+        """Publish several envelopes, stored in order: one script call per 1,000.
 
         Raises:
             NotConnectedError: not connected.
             RedisTransportError: Redis failed; some may be stored (see :meth:`publish`).
         """
-        client, scripts = self._connected()
-        if not envelopes:
-            return
+        _, scripts = self._connected()
         key = f"{self.config.prefix}:{route}"
-        encoded = [_codec.encode(e) for e in envelopes]
-        with map_redis_errors(what=f"publish to {route}"):
-            if qos == QoS.EXACTLY_ONCE:
-                await scripts.publish_once(
-                    keys=[key, *(self._dedup_key(route, e) for e in envelopes)],
-                    args=[self.config.ms(self.config.dedup_window), *encoded],
-                )
-                return
-            async with client.pipeline(transaction=False) as pipe:
-                for data in encoded:
-                    if qos == QoS.AT_MOST_ONCE:
-                        pipe.publish(f"{key}:q0", data)
-                    else:
-                        pipe.xadd(key, {_codec.FIELD: data})
-                await pipe.execute()
+        for first in range(0, len(envelopes), _CHUNK):
+            chunk = envelopes[first : first + _CHUNK]
+            encoded = [_codec.encode(e) for e in chunk]
+            with map_redis_errors(what=f"publish to {route}"):
+                if qos == QoS.AT_MOST_ONCE:
+                    await scripts.publish_many(keys=[f"{key}:q0"], args=encoded)
+                elif qos == QoS.AT_LEAST_ONCE:
+                    await scripts.xadd_many(keys=[key], args=encoded)
+                else:
+                    await scripts.publish_once(
+                        keys=[key, *(self._dedup_key(route, e) for e in chunk)],
+                        args=[self.config.ms(self.config.dedup_window), *encoded],
+                    )
 
     def _dedup_key(self, route: str, envelope: Envelope) -> str:
         return f"{self.config.prefix}:dedup:{route}:{envelope.message_id}"
