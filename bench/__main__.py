@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import inprocess
+from . import inprocess, peers
 from ._harness import Section, environment, progress, render_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,6 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Later issues add "redis" and "nats": a name and a function (quick) -> Section.
 SECTIONS: dict[str, Callable[[bool], Section]] = {
     "inprocess": inprocess.section,
+    "peers": peers.section,
 }
 
 
