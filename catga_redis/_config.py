@@ -61,7 +61,9 @@ class RedisConfig:
         dedup_window: seconds a QoS 2 ``message_id`` is remembered by the producer side.
         retention: entries acked by every group are trimmed once older than this
             (``XTRIM MINID``; pending entries never are); ``None`` never trims.
-        trim_interval: how often a subscription trims its stream.
+        trim_interval: how often a subscription trims its stream (and removes consumers
+            with nothing pending that have been idle ``forget_idle_consumers``).
+        forget_idle_consumers: see ``trim_interval``; consumers of processes that died.
         dlq_max: dead letters kept per route (oldest dropped).
         q0_claim_ttl: how long a QoS 0 message's per-group claim key lives.
         socket_timeout: per-command socket timeout; must exceed ``block``.
@@ -89,6 +91,7 @@ class RedisConfig:
     dedup_window: float = field(default=120.0, validator=_positive)
     retention: float | None = field(default=24 * 3600.0, validator=_optional_positive)
     trim_interval: float = field(default=60.0, validator=_positive)
+    forget_idle_consumers: float = field(default=24 * 3600.0, validator=_positive)
     dlq_max: int = field(default=10_000, validator=_positive_int)
     q0_claim_ttl: float = field(default=60.0, validator=_positive)
     socket_timeout: float = field(default=5.0, validator=_positive)

@@ -55,6 +55,9 @@ class PubSubHub:
         listeners = self._listeners.setdefault(name, [])
         listeners.append(listener)
         if len(listeners) > 1:
+            pending = self._confirmed.get(name)
+            if pending is not None:  # a concurrent first subscribe is still unconfirmed
+                await asyncio.shield(pending)
             return
         confirmed = self._confirmed[name] = asyncio.get_running_loop().create_future()
         try:

@@ -112,9 +112,11 @@ end
 return {r[1], out, dead}
 """
 
-# Trim what no group needs: KEYS[1] stream; ARGV[1] retention ms. Entries below the
-# oldest pending entry and the last-delivered id of every group, and older than the
-# retention, go (XTRIM MINID never reaches a pending or unread entry).
+# Trim what no group needs: KEYS[1] stream; ARGV[1] retention ms, ARGV[2] idle ms.
+# Entries below the oldest pending entry and the last-delivered id of every group,
+# and older than the retention, go (XTRIM MINID never reaches a pending or unread
+# entry). Consumers with nothing pending and idle longer than ARGV[2] (processes
+# that are gone) are removed; a live one that reads again is recreated by Redis.
 TRIM = """
 local function before(a, b)
   local am, as = string.match(a, '(%d+)-(%d+)')
@@ -134,6 +136,13 @@ for _, g in ipairs(groups) do
   local keep = info['last-delivered-id']
   if info['pending'] > 0 then
     keep = redis.call('XPENDING', KEYS[1], info['name'], '-', '+', 1)[1][1]
+  end
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], info['name'])) do
+    local ci = {}
+    for i = 1, #c, 2 do ci[c[i]] = c[i + 1] end
+    if ci['pending'] == 0 and ci['idle'] > tonumber(ARGV[2]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], info['name'], ci['name'])
+    end
   end
   if before(keep, floor) then floor = keep end
 end

@@ -324,7 +324,11 @@ class StreamSubscription:
         assert self._config.retention is not None
         with map_redis_errors(what="XTRIM"):
             await self._scripts.trim(
-                keys=[self._key], args=[self._config.ms(self._config.retention)]
+                keys=[self._key],
+                args=[
+                    self._config.ms(self._config.retention),
+                    self._config.ms(self._config.forget_idle_consumers),
+                ],
             )
 
     def _dispatch(self, entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:

@@ -124,7 +124,7 @@ class TestTrim:
         await client.xreadgroup("slow", ME, {key: ">"}, count=3)
         await client.xack(key, "slow", *ids[:3])  # "slow" has not read ids[3]
         # A negative retention puts the age floor in the future: only the groups limit it.
-        assert await scripts.trim(keys=[key], args=[-60_000]) == 2
+        assert await scripts.trim(keys=[key], args=[-60_000, 3_600_000]) == 2
         assert [e[0] for e in await client.xrange(key)] == ids[2:]
 
     async def test_retention_keeps_young_entries(
@@ -135,15 +135,25 @@ class TestTrim:
         await client.xgroup_create(key, GROUP, id="0")
         await client.xreadgroup(GROUP, ME, {key: ">"})
         await client.xack(key, GROUP, entry)
-        assert await scripts.trim(keys=[key], args=[3_600_000]) == 0
+        assert await scripts.trim(keys=[key], args=[3_600_000, 3_600_000]) == 0
 
     async def test_missing_stream_or_no_group(
         self, client: Redis, scripts: Scripts, key: str
     ) -> None:
         """No stream, or a stream nobody consumes: nothing is trimmed."""
-        assert await scripts.trim(keys=[key], args=[1]) == 0
+        assert await scripts.trim(keys=[key], args=[1, 1]) == 0
         await client.xadd(key, {"m": b"x"})
-        assert await scripts.trim(keys=[key], args=[1]) == 0
+        assert await scripts.trim(keys=[key], args=[1, 1]) == 0
+
+    async def test_forgets_idle_consumers_without_pending(
+        self, client: Redis, scripts: Scripts, key: str
+    ) -> None:
+        """A consumer idle past the limit with nothing pending goes; one with pending stays."""
+        await client.xadd(key, {"m": b"x"})
+        await read_one(client, key, consumer=ME)  # ME holds a pending entry
+        await client.xreadgroup(GROUP, OTHER, {key: ">"})  # OTHER holds nothing
+        await scripts.trim(keys=[key], args=[3_600_000, -1])
+        assert [c["name"] for c in await client.xinfo_consumers(key, GROUP)] == [ME.encode()]
 
 
 class TestForgetConsumer:

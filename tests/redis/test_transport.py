@@ -304,6 +304,20 @@ class TestFireAndForget:
         await eventually(lambda: second.seen)
         assert first.seen == []
 
+    async def test_concurrent_subscribes_are_both_confirmed(
+        self, transports: Make, route: str
+    ) -> None:
+        """Two QoS 0 subscriptions started at once both receive what is published next."""
+        transport = await transports()
+        first, second = Inbox(), Inbox()
+        await asyncio.gather(
+            transport.subscribe(route, first, group="a", qos=QoS.AT_MOST_ONCE),
+            transport.subscribe(route, second, group="b", qos=QoS.AT_MOST_ONCE),
+        )
+        sent = envelope(qos=0)
+        await transport.publish(route, sent, qos=QoS.AT_MOST_ONCE)
+        await eventually(lambda: first.seen and second.seen)
+
     async def test_undecodable_message_is_dropped(
         self, transports: Make, client: Redis, prefix: str, route: str
     ) -> None:
