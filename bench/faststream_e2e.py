@@ -9,6 +9,8 @@ separate processes, servers started on free loopback ports. Cases:
   as catga's Redis QoS 1/2; producer: ``broker.publish(..., stream=, pipeline=pipe)``
   100 per pipeline (FastStream's documented batch publish), or one awaited publish at
   a time;
+* ``redis-pubsub``: ``@broker.subscriber(channel)`` (``SUBSCRIBE``; catga's Redis QoS 0
+  primitive, ``PUBLISH``); producer as above, to the channel;
 * ``nats-core``: a core NATS subscriber (catga's NATS QoS 0 primitive); producer:
   ``broker.publish(..., subject)`` in a loop (core publish is buffered, no ack);
 * ``nats-js``: a JetStream pull subscriber (``PullSub(batch_size=100)``, explicit ack
@@ -44,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 100
 IDLE = 5.0  # a consumer gives up after this long without a message
-CASES = ("redis-stream", "nats-core", "nats-js")
+CASES = ("redis-stream", "redis-pubsub", "nats-core", "nats-js")
 
 
 class Tally:
@@ -85,6 +87,7 @@ class Tally:
 def _names(prefix: str) -> dict[str, str]:
     return {
         "stream": f"{prefix}:bench",
+        "channel": f"{prefix}:pubsub",
         "subject": f"{prefix}.core",
         "js_subject": f"{prefix}.js",
         "js_stream": f"{prefix}JS",
@@ -92,7 +95,7 @@ def _names(prefix: str) -> dict[str, str]:
 
 
 def _broker(case: str, url: str) -> Any:
-    if case == "redis-stream":
+    if case.startswith("redis"):
         from faststream.redis import RedisBroker
 
         return RedisBroker(url, log_level=logging.DEBUG)
@@ -123,6 +126,8 @@ async def consume(case: str, url: str, prefix: str, n: int, latencies: bool) -> 
 
         sub = StreamSub(names["stream"], group="g", consumer="c1", max_records=BATCH)
         broker.subscriber(stream=sub)(handle)
+    elif case == "redis-pubsub":
+        broker.subscriber(names["channel"])(handle)
     elif case == "nats-core":
         broker.subscriber(names["subject"], pending_msgs_limit=1_000_000)(handle)
     else:
@@ -151,20 +156,21 @@ async def produce(case: str, url: str, prefix: str, n: int, mode: str) -> dict[s
     broker = _broker(case, url)
     await broker.connect()
     start = time.time()
-    if case == "redis-stream":
-        stream = names["stream"]
+    if case.startswith("redis"):
+        where = {"stream": names["stream"]} if case == "redis-stream" else {}
+        channel = None if case == "redis-stream" else names["channel"]
         if mode == "batch":
             redis = await broker.connect()
             for first in range(0, n, BATCH):
                 async with redis.pipeline(transaction=False) as pipe:
                     for i in range(first, min(n, first + BATCH)):
                         await broker.publish(
-                            {"n": i, "sent": time.time()}, stream=stream, pipeline=pipe
+                            {"n": i, "sent": time.time()}, channel, pipeline=pipe, **where
                         )
                     await pipe.execute()
         else:
             for i in range(n):
-                await broker.publish({"n": i, "sent": time.time()}, stream=stream)
+                await broker.publish({"n": i, "sent": time.time()}, channel, **where)
                 if mode == "paced":
                     await asyncio.sleep(0.001)
     elif case == "nats-core":
