@@ -60,6 +60,11 @@ class _Batcher:
         self._queue: list[_Op] = []
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The call in flight, if any."""
+        return self._task
+
     async def run(self, key: str, op: bytes, what: str) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((key, op, future))
@@ -149,6 +154,9 @@ class RedisIdempotencyStore:
         if self._closed:
             return
         self._closed = True
+        task = self._batch.task
+        if task is not None:  # let the calls in flight finish
+            await asyncio.wait([task])
         if self._owns_client:
             with map_redis_errors(store=True, what="close"):
                 await self._client.aclose()

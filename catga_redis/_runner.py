@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Coroutine
 from typing import Any
@@ -104,8 +105,17 @@ class Backoff:
         """Back to the first, short delay (after a success)."""
         self.attempt = 0
 
-    async def sleep(self) -> None:
-        """Sleep for the next delay."""
-        ceiling = min(self.cap, self.first * 2**self.attempt)
+    def next_delay(self) -> float:
+        """Return the next delay (and count the attempt)."""
+        ceiling = min(self.cap, self.first * 2.0**self.attempt)
         self.attempt = min(self.attempt + 1, 30)
-        await asyncio.sleep(ceiling * (0.5 + random.random() / 2))
+        return ceiling * (0.5 + random.random() / 2)
+
+    async def sleep(self, stop: asyncio.Event | None = None) -> None:
+        """Sleep for the next delay, or until ``stop`` is set."""
+        delay = self.next_delay()
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)

@@ -177,6 +177,7 @@ class StreamSubscription:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._closing = False
+        self._stop = asyncio.Event()
         self._closed = False
         self._loop: asyncio.Task[None] | None = None
         self._warned_delay = False
@@ -201,6 +202,7 @@ class StreamSubscription:
         if self._closed:
             return
         self._closed = self._closing = True
+        self._stop.set()
         if self._loop is not None:
             await self._stop_reader(self._loop)
         await self._pool.wait()
@@ -273,8 +275,10 @@ class StreamSubscription:
                 await self._step(min(slots.free, self._config.read_batch))
                 backoff.reset()
             except Exception as exc:  # noqa: BLE001 - the consumer goes on, after a pause
+                if self._closing:
+                    return
                 await self._recover(exc)
-                await backoff.sleep()
+                await backoff.sleep(self._stop)
 
     async def _step(self, n: int) -> None:
         now = time.monotonic()

@@ -377,6 +377,22 @@ class TestLifecycle:
         await sub.aclose()
         assert await client.xinfo_consumers(f"{prefix}:{route}", "g") == []
 
+    async def test_aclose_while_redis_is_down(
+        self, own_redis_server: RedisServer, prefix: str, route: str
+    ) -> None:
+        """Closing a transport whose Redis died ends its reader loop without waiting it out."""
+        config = RedisConfig(
+            url=own_redis_server.url, prefix=prefix, block=0.05, reconnect_max=30.0
+        )
+        transport = RedisTransport(config)
+        await transport.connect()
+        await transport.subscribe(route, Inbox(), group="g", qos=QoS.AT_LEAST_ONCE)
+        with capture_logs() as logs:
+            own_redis_server.kill()
+            await eventually(lambda: any("failed" in log["event"] for log in logs))
+        await asyncio.wait_for(transport.aclose(), timeout=20.0)
+        assert transport.state is TransportState.CLOSED
+
     async def test_lost_group_is_recreated(
         self, transports: Make, client: Redis, prefix: str, route: str
     ) -> None:
