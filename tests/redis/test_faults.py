@@ -172,6 +172,41 @@ class TestRedisRestart:
             await eventually(lambda: handled >= set(confirmed), timeout=30.0, what="all handled")
         assert sum(failures) > 0, "the restart happened while publishing"
 
+    async def test_replies_and_qos0_work_again_after_a_restart(
+        self, own_redis_server: RedisServer, prefix: str
+    ) -> None:
+        """After kill -9 and restart the pub/sub connection is back: requests and QoS 0 flow."""
+        cfg = short_config(own_redis_server.url, prefix, reconnect_max=0.2)
+        async with RedisTransport(cfg) as caller, RedisTransport(cfg) as responder:
+
+            async def answer(delivery: Delivery) -> None:
+                await responder.reply(delivery.envelope, delivery.envelope)
+                await delivery.ack()
+
+            fanout: list[str] = []
+
+            async def keep(delivery: Delivery) -> None:
+                fanout.append(delivery.envelope.message_id)
+
+            await responder.subscribe("ask", answer, group="g", qos=QoS.AT_LEAST_ONCE)
+            await responder.subscribe("tell", keep, group="g", qos=QoS.AT_MOST_ONCE)
+            own_redis_server.restart()
+
+            async def answered() -> bool:
+                try:
+                    await caller.request("ask", envelope(), timeout=0.5)
+                except (TransportError, TimeoutError):
+                    return False
+                return True
+
+            await eventually(answered, timeout=30.0, what="a request answered after restart")
+
+            async def told() -> bool:
+                await caller.publish("tell", envelope(qos=0), qos=QoS.AT_MOST_ONCE)
+                return bool(fanout)
+
+            await eventually(told, timeout=30.0, what="QoS 0 delivered after restart")
+
 
 async def publish_until_stored(producer: RedisTransport, sent: Envelope) -> int:
     """Publish, retrying the same envelope while Redis is away (bounded); return the failures."""
