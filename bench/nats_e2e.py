@@ -14,6 +14,9 @@ received / (last received - producer start), the median of three runs. Cases:
 Latency: one message at a time, publish -> handler, in one process over two
 connections; p50/p99 per QoS and for raw core/JetStream.
 
+Wire format: the envelope as one msgpack blob (what catga_nats sends) against its
+metadata in NATS headers and the body as data, core pub/sub in one process.
+
 Writes ``bench/results/nats-<UTC timestamp>.json`` and ``.md``.
 """
 
@@ -380,10 +383,75 @@ async def _sample(
     }
 
 
+# Wire format: one msgpack blob vs metadata in headers ------------------------------
+
+
+async def wire(url: str, n: int) -> list[dict[str, Any]]:
+    """Core publish -> callback that rebuilds the Envelope, one process: blob vs headers."""
+    import nats
+
+    from catga.typing import Envelope
+    from catga_nats import _wire
+
+    body = b'{"n":123,"message_id":"3f22c16a0c181fbc000000002710","created_at":1795511749.99}'
+    env = Envelope(
+        message_id="3f22c16a0c181fbc000000002710", message_type="bench.Tick1", body=body,
+        qos=1, correlation_id="c-1", created_at=1795511749.99,
+    )  # fmt: skip
+
+    def from_headers(msg: Any) -> Envelope:
+        h = msg.headers
+        return Envelope(
+            message_id=h["Nats-Msg-Id"], message_type=h["Catga-Type"], body=msg.data,
+            qos=int(h["Catga-Qos"]), correlation_id=h.get("Catga-Correlation-Id"),
+            created_at=float(h["Catga-Created-At"]),
+        )  # fmt: skip
+
+    headers = {
+        "Nats-Msg-Id": env.message_id, "Catga-Type": env.message_type, "Catga-Qos": "1",
+        "Catga-Correlation-Id": "c-1", "Catga-Created-At": repr(env.created_at),
+    }  # fmt: skip
+    rows = []
+    for mode in ("blob", "headers") * 3:
+        pub, sub = await nats.connect(url), await nats.connect(url)
+        done, seen = asyncio.Event(), [0]
+
+        async def on_msg(
+            msg: Any, mode: str = mode, seen: list[int] = seen, done: asyncio.Event = done
+        ) -> None:
+            _wire.decode(msg.data) if mode == "blob" else from_headers(msg)
+            seen[0] += 1
+            if seen[0] == n:
+                done.set()
+
+        subject = f"wire.{uuid.uuid4().hex}"
+        await sub.subscribe(subject, cb=on_msg, pending_msgs_limit=10 * n)
+        await sub.flush()
+        start = time.perf_counter()
+        for _ in range(n):
+            if mode == "blob":
+                await pub.publish(subject, _wire.encode(env))
+            else:
+                await pub.publish(subject, body, headers=headers)
+        await asyncio.wait_for(done.wait(), 60)
+        rows.append({"mode": mode, "msg_per_s": round(n / (time.perf_counter() - start))})
+        await pub.close()
+        await sub.close()
+    return [
+        {"mode": m, "msg_per_s": statistics.median(r["msg_per_s"] for r in rows if r["mode"] == m)}
+        for m in ("blob", "headers")
+    ]
+
+
 # Report ---------------------------------------------------------------------------
 
 
-def render(env: dict[str, Any], tp: list[dict[str, Any]], lat: list[dict[str, Any]]) -> str:
+def render(
+    env: dict[str, Any],
+    tp: list[dict[str, Any]],
+    lat: list[dict[str, Any]],
+    formats: list[dict[str, Any]],
+) -> str:
     by = {r["case"]: r for r in tp}
     core, js = by["raw-core"]["msg_per_s"], by["raw-js"]["msg_per_s"]
     ceiling = {
@@ -413,6 +481,9 @@ def render(env: dict[str, Any], tp: list[dict[str, Any]], lat: list[dict[str, An
         f"| {r['case']} | {r['samples']} | {r['lost']} | {r['p50_us']} | {r['p99_us']} |"
         for r in lat
     ]
+    lines += ["", "| wire format (core pub/sub, envelope rebuilt) | msg/s (median of 3) |"]
+    lines += ["| --- | ---: |"]
+    lines += [f"| {r['mode']} | {r['msg_per_s']:,.0f} |" for r in formats]
     lines += [
         "",
         f"Command: `{env['command']}`; Python {env['python']}, {env['machine']['cpus']} CPUs, "
@@ -458,13 +529,15 @@ def main() -> None:
             tp.append(median)
         progress(f"latency ({samples} samples each)")
         lat = asyncio.run(latency(server.url, samples))
+        progress("wire format: blob vs headers")
+        formats = asyncio.run(wire(server.url, big // 5))
     finally:
         server.stop()
-    text = render(env, tp, lat)
+    text = render(env, tp, lat, formats)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    payload = {"environment": env, "throughput": tp, "latency": lat}
+    payload = {"environment": env, "throughput": tp, "latency": lat, "wire": formats}
     (RESULTS / f"nats-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"nats-{stamp}.md").write_text(text)
 
