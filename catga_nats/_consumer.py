@@ -65,9 +65,18 @@ class DurableDelivery:
                 await self._msg.nak(delay=delay if delay > 0 else None)
 
     async def dead_letter(self, reason: str) -> None:
-        """Write it to the route's dead-letter stream with ``reason``, then terminate it."""
+        """Write it to the route's dead-letter stream with ``reason``, then terminate it.
+
+        If writing fails the delivery is unsettled again (so it can still be nacked, or
+        is redelivered after ``ack_wait``) and the error is raised.
+        """
         if self._settle():
-            await self._owner.dead_letter(self._msg, reason, self.delivery_count)
+            try:
+                await self._owner.dead_letter(self._msg, reason, self.delivery_count)
+            except BaseException:
+                self._settled = False
+                self._owner.unsettled.add(self)
+                raise
 
     async def in_progress(self) -> None:
         """Push the redelivery deadline back by ``ack_wait``."""
@@ -353,7 +362,11 @@ class PullSubscription(_Runner):
         self._dispatch(msg)
 
     def _dispatch(self, msg: Msg) -> None:
-        count = msg.metadata.num_delivered
+        try:
+            count = msg.metadata.num_delivered
+        except Exception:  # noqa: BLE001 - not a JetStream delivery: nothing to settle
+            logger.warning("not a JetStream message on a pull inbox; dropped", route=self.route)
+            return
         if count > self._max_deliver:
             reason = f"max deliveries ({self._max_deliver}) exceeded"
             self.spawn(self._give_up(msg, reason, count - 1))

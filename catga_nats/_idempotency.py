@@ -93,7 +93,7 @@ class NatsIdempotencyStore:
         self._done: KeyValue | None = None
         self._lock = asyncio.Lock()
         self._held: OrderedDict[str, _Held] = OrderedDict()
-        self._closed = False
+        self._warned = False
 
     async def connect(self) -> None:
         """Connect (unless given a client) and create or check both buckets.
@@ -130,11 +130,9 @@ class NatsIdempotencyStore:
                         direct=True,
                     ),
                 )
-            self._closed = False
 
     async def aclose(self) -> None:
         """Close the connection if this store opened it; idempotent."""
-        self._closed = True
         client, self._client = self._client, (None if self._owns_client else self._client)
         self._leases = self._done = None
         if self._owns_client and client is not None and not client.is_closed:
@@ -302,7 +300,8 @@ class NatsIdempotencyStore:
         self._held.pop(k, None)
 
     def _check_lease(self, lease: float) -> None:
-        if lease > self.config.lease_ttl:
+        if lease > self.config.lease_ttl and not self._warned:
+            self._warned = True
             logger.warning(
                 "lease longer than the lease bucket's TTL: it ends at the TTL",
                 lease=lease,

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from catga import QoS
-from catga.exceptions import NotConnectedError, RequestTimeoutError
+from catga.exceptions import NotConnectedError, RequestTimeoutError, TransportError
 from catga.typing import Delivery, Envelope
 from catga_nats import NatsConfig, NatsTransport
 from catga_nats.exceptions import NatsConnectionError
@@ -225,3 +225,31 @@ class TestPullRecovery:
         sent = envelope()
         await transport.publish(route, sent, qos=QoS.AT_LEAST_ONCE)
         await eventually(lambda: [d.envelope.message_id for d in inbox.seen] == [sent.message_id])
+
+
+class TestDeadLetterFailure:
+    async def test_failed_dead_letter_leaves_the_delivery_unsettled(
+        self, transport: NatsTransport, config: NatsConfig, route: str
+    ) -> None:
+        """If the DLQ write fails, the error is raised and the delivery can still be nacked."""
+        errors: list[Exception] = []
+        seen: list[int] = []
+
+        async def reject(delivery: Delivery) -> None:
+            seen.append(delivery.delivery_count)
+            if delivery.delivery_count > 1:
+                await delivery.ack()
+                return
+            try:
+                await delivery.dead_letter("bad")
+            except Exception as exc:
+                errors.append(exc)
+                await delivery.nack()
+
+        js = transport.client.jetstream()
+        await js.delete_stream(config.dlq_stream_name)
+        await transport.subscribe(route, reject, group="g", qos=QoS.AT_LEAST_ONCE)
+        await transport.publish(route, envelope(), qos=QoS.AT_LEAST_ONCE)
+        await eventually(lambda: seen == [1, 2])
+        assert len(errors) == 1
+        assert isinstance(errors[0], TransportError)
