@@ -192,9 +192,12 @@ def render_targets(targets: list[dict[str, Any]]) -> str:
 
 
 def render_section(section: Section, meta: dict[str, Any]) -> str:
-    body = render_e2e(section) if section.name in ("redis", "nats") else render_rows(section.rows)
-    if section.name == "growth":
+    if section.name in ("redis", "nats"):
+        body = render_e2e(section)
+    elif section.name == "growth":
         body = ""
+    else:
+        body = render_rows(section.rows)
     parts = [
         f"## {section.name}",
         "",
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     md = RESULTS / ("latest.md" if complete else f"latest-{'+'.join(names)}.md")
     md.write_text(markdown)
-    progress(f"wrote {path.relative_to(RESULTS.parent.parent)}, {md.name}, {', '.join(charts)}")
+    progress(f"wrote {', '.join([str(path.relative_to(RESULTS.parent.parent)), md.name, *charts])}")
     return 0
 
 
