@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, TypeVar
 
+import attrs
 import msgspec
 
 from .exceptions import SerializationError
@@ -28,6 +30,7 @@ class JsonSerializer:
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
         self._envelopes = msgspec.json.Decoder(Envelope)
+        self._float_types: dict[type[Any], bool] = {}
 
     def encode(self, value: Any) -> bytes:
         """Encode a message or result to JSON bytes.
@@ -45,7 +48,11 @@ class JsonSerializer:
             ) from exc
         # msgspec writes NaN and infinities as null, which then fails to decode into the
         # float it was: refuse them here, where the caller can still see why.
-        if b"null" in data and _has_non_finite(msgspec.to_builtins(value)):
+        if (
+            b"null" in data
+            and self._may_hold_float(type(value))
+            and _has_non_finite(msgspec.to_builtins(value))
+        ):
             raise SerializationError(
                 f"cannot encode {type(value).__qualname__}: NaN and infinity have no JSON form; "
                 "use None or a Decimal instead"
@@ -65,6 +72,14 @@ class JsonSerializer:
             return decoder.decode(data)  # type: ignore[no-any-return]
         except msgspec.DecodeError as exc:
             raise SerializationError(f"cannot decode {_name(type_)}: {exc}") from exc
+
+    def _may_hold_float(self, type_: type[Any]) -> bool:
+        # Most messages have no float field but do carry nulls (correlation_id=None), so
+        # the walk above is skipped, by type, unless a float could be inside.
+        known = self._float_types.get(type_)
+        if known is None:
+            known = self._float_types[type_] = _float_inside(type_, set())
+        return known
 
     def encode_envelope(self, envelope: Envelope) -> bytes:
         """Encode a whole envelope (the body travels base64-encoded)."""
@@ -87,6 +102,32 @@ class JsonSerializer:
             return msgspec.json.Decoder(type_)
         except (TypeError, NameError) as exc:  # unsupported field type, unresolvable annotation
             raise SerializationError(f"{_name(type_)} cannot be decoded from JSON: {exc}") from exc
+
+
+# Set by catga itself from time.time(): always finite.
+_SKIPPED_FIELDS = frozenset({"created_at"})
+
+
+def _float_inside(type_: Any, seen: set[Any]) -> bool:
+    """Whether a value of ``type_`` may contain a float (judged from annotations)."""
+    if type_ in (float, Any, object) or isinstance(type_, typing.TypeVar):
+        return True
+    if type_ in seen:
+        return False
+    seen.add(type_)
+    args = typing.get_args(type_)
+    if args:
+        return any(_float_inside(arg, seen) for arg in args if arg is not Ellipsis)
+    if isinstance(type_, type) and attrs.has(type_):
+        try:
+            hints = typing.get_type_hints(type_)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: be safe
+            return True
+        fields = (
+            hints.get(f.name, Any) for f in attrs.fields(type_) if f.name not in _SKIPPED_FIELDS
+        )
+        return any(_float_inside(hint, seen) for hint in fields)
+    return False
 
 
 def _has_non_finite(value: Any) -> bool:

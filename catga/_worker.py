@@ -16,7 +16,12 @@ from ._behaviors import PERMANENT_ERRORS
 from ._mediator import Mediator
 from ._messages import Message
 from ._qos import QoS
-from .exceptions import ConfigurationError, InProgressError, SerializationError
+from .exceptions import (
+    ConfigurationError,
+    InProgressError,
+    SerializationError,
+    TransportError,
+)
 from .typing import Delivery, Envelope, Subscription, Transport
 
 __all__ = ["Worker", "WorkerHealth", "WorkerState"]
@@ -193,6 +198,14 @@ class Worker:
         self._running[delivery] = time.monotonic()
         try:
             await self._handle(delivery)
+        except TransportError as exc:
+            # Settling (or replying) failed: the broker still holds the message and
+            # will deliver it again; a QoS 2 handler then answers from the store.
+            logger.warning(
+                "could not settle a delivery; it will be redelivered",
+                message_id=delivery.envelope.message_id,
+                error=repr(exc),
+            )
         finally:
             self._counters.in_flight -= 1
             del self._running[delivery]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from attrs import field, frozen, validators
+from structlog.testing import capture_logs
 
 from catga import (
     CatgaOptions,
@@ -27,7 +28,13 @@ from catga import (
     WorkerState,
     handles,
 )
-from catga.exceptions import ConfigurationError, RemoteHandlerError, RequestTimeoutError
+from catga.exceptions import (
+    ConfigurationError,
+    RemoteHandlerError,
+    RequestTimeoutError,
+    TransportError,
+)
+from catga.typing import Delivery
 
 from ..helpers import eventually
 
@@ -280,7 +287,6 @@ class TestExactlyOnce:
                 assert await reply == "from the store"
             assert effects.calls["charge:pay-2"] == 0
 
-
     async def test_busy_event_duplicate_is_deferred_not_failed(
         self, broker: InMemoryBroker, effects: Effects
     ) -> None:
@@ -303,6 +309,65 @@ class TestExactlyOnce:
                 await store.release(key, claim.token)  # type: ignore[union-attr]
                 await eventually(lambda: worker.health().handled == 1)
             assert effects.calls["shipped:o-9"] == 1
+
+
+class FailingAck:
+    """A delivery whose ack fails once, like a broker connection lost at that moment."""
+
+    def __init__(self, inner: Delivery, failures: list[str]) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.inner.envelope
+
+    @property
+    def delivery_count(self) -> int:
+        return self.inner.delivery_count
+
+    async def ack(self) -> None:
+        if not self.failures:
+            self.failures.append(self.envelope.message_id)
+            raise TransportError("connection lost while acking")
+        await self.inner.ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        await self.inner.nack(delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self.inner.dead_letter(reason)
+
+    async def in_progress(self) -> None:
+        await self.inner.in_progress()
+
+
+class TestSettleFailures:
+    async def test_failed_ack_is_logged_and_redelivered(
+        self, broker: InMemoryBroker, effects: Effects
+    ) -> None:
+        """An ack that fails leaves the message with the broker; it comes back and is acked."""
+        failures: list[str] = []
+        options = InMemoryTransportOptions(ack_wait=0.05)
+        async with InMemoryTransport(broker, options=options) as transport:
+            subscribe = transport.subscribe
+
+            async def wrapped(route: str, handler: Any, **kwargs: Any) -> Any:
+                async def on_delivery(delivery: Delivery) -> None:
+                    await handler(FailingAck(delivery, failures))
+
+                return await subscribe(route, on_delivery, **kwargs)
+
+            transport.subscribe = wrapped  # type: ignore[method-assign]
+            mediator = Mediator(
+                handlers(effects), options=CatgaOptions(routes=ROUTES), transport=transport
+            )
+            with capture_logs() as logs:
+                async with Worker(mediator) as worker:
+                    await mediator.publish(Shipped(order_id="o-ack"))
+                    await eventually(lambda: worker.health().handled == 1)
+        assert effects.calls["shipped:o-ack"] == 2
+        assert any("will be redelivered" in line["event"] for line in logs)
 
 
 class TestKeepalive:
