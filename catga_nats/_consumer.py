@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -130,29 +131,59 @@ class _Slots:
 
 
 class _Runner:
-    """Handler tasks of one subscription: at most ``concurrency``, each referenced."""
+    """Runs deliveries of one subscription, at most ``concurrency`` at once.
+
+    Work is queued and taken by runner tasks that each handle one delivery after
+    another; a runner that starts an item while more are queued starts another
+    runner (up to ``concurrency``). So a slow handler does not hold the queue up, and
+    a burst of quick ones costs a task per runner, not one per message.
+    """
 
     def __init__(self, route: str, handler: DeliveryHandler, concurrency: int) -> None:
         self._route, self._handler = route, handler
+        self._concurrency = concurrency
         self.slots = _Slots(concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[tuple[Callable[[Any], Awaitable[None]], Any]] = deque()
+        self._runners = 0
 
     @property
     def route(self) -> str:
         """The route consumed."""
         return self._route
 
-    def spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Callable[[Any], Awaitable[None]], arg: Any) -> None:
         self.slots.take()
-        task = asyncio.ensure_future(work)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
+        self._queue.append((work, arg))
+        if not self._runners:
+            self._start_runner()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self.slots.give()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("delivery task failed", route=self._route, exc_info=task.exception())
+    def _start_runner(self) -> None:
+        # Counted here and uncounted in the same step as the runner sees the queue
+        # empty, so an item queued in between always finds a runner.
+        self._runners += 1
+        task = asyncio.get_running_loop().create_task(self._drain_queue())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _drain_queue(self) -> None:
+        try:
+            while self._queue:
+                work, arg = self._queue.popleft()
+                if self._queue and self._runners < self._concurrency:
+                    self._start_runner()
+                try:
+                    await work(arg)
+                except Exception:
+                    logger.exception("delivery task failed", route=self._route)
+                finally:
+                    self.slots.give()
+                    self._item_done()
+        finally:
+            self._runners -= 1
+
+    def _item_done(self) -> None:
+        """Called after each item; subclasses wake their loops."""
 
     async def run(self, delivery: Delivery) -> None:
         try:
@@ -167,8 +198,10 @@ class _Runner:
             await delivery.nack()
 
     async def drain(self) -> None:
-        in_flight = self.tasks - {asyncio.current_task()}
-        if in_flight:
+        while True:
+            in_flight = self.tasks - {asyncio.current_task()}
+            if not in_flight:
+                return
             await asyncio.wait(in_flight)
 
 
@@ -369,22 +402,22 @@ class PullSubscription(_Runner):
             return
         if count > self._max_deliver:
             reason = f"max deliveries ({self._max_deliver}) exceeded"
-            self.spawn(self._give_up(msg, reason, count - 1))
+            self.spawn(self._give_up, (msg, reason, count - 1))
             return
         try:
             envelope = _wire.decode(msg.data)
         except SerializationError as exc:
-            self.spawn(self._give_up(msg, f"undecodable: {exc}", count))
+            self.spawn(self._give_up, (msg, f"undecodable: {exc}", count))
             return
         delivery = DurableDelivery(msg, envelope, count, self)
         self.unsettled.add(delivery)
-        self.spawn(self.run(delivery))
+        self.spawn(self.run, delivery)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        super()._done(task)
+    def _item_done(self) -> None:
         self._changed.set()
 
-    async def _give_up(self, msg: Msg, reason: str, count: int) -> None:
+    async def _give_up(self, item: tuple[Msg, str, int]) -> None:
+        msg, reason, count = item
         logger.warning("dead-lettered by the consumer", route=self.route, reason=reason)
         await self.dead_letter(msg, reason, count)
 
@@ -407,8 +440,9 @@ class FireSubscription(_Runner):
         except SerializationError as exc:
             logger.warning("QoS 0 message dropped", route=self.route, reason=str(exc))
             return
-        await self.slots.wait()
-        self.spawn(self.run(FireDelivery(envelope)))
+        if self.slots.free <= 0:
+            await self.slots.wait()
+        self.spawn(self.run, FireDelivery(envelope))
 
     async def aclose(self) -> None:
         """Unsubscribe, then wait for running handlers; idempotent."""

@@ -253,3 +253,30 @@ class TestDeadLetterFailure:
         await eventually(lambda: seen == [1, 2])
         assert len(errors) == 1
         assert isinstance(errors[0], TransportError)
+
+
+class TestConcurrency:
+    @pytest.mark.parametrize("qos", [QoS.AT_MOST_ONCE, QoS.AT_LEAST_ONCE])
+    async def test_at_most_concurrency_handlers_and_no_head_of_line_blocking(
+        self, transport: NatsTransport, route: str, qos: QoS
+    ) -> None:
+        """With concurrency 3, three handlers run at once (the first waits for the third)."""
+        running, peak, handled = [0], [0], []
+        third = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            if running[0] == 3:
+                third.set()
+            await third.wait()
+            running[0] -= 1
+            handled.append(delivery.envelope.message_id)
+            await delivery.ack()
+
+        await transport.subscribe(route, handler, group="g", qos=qos, concurrency=3)
+        await transport.client.flush()
+        sent = [envelope(qos=int(qos)) for _ in range(9)]
+        await transport.publish_many(route, sent, qos=qos)
+        await eventually(lambda: len(handled) == 9)
+        assert peak[0] == 3
