@@ -20,8 +20,11 @@ import base64
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
@@ -37,6 +40,8 @@ from .exceptions import translate_errors
 __all__ = ["NatsIdempotencyStore"]
 
 logger = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 _REVISIONS_KEPT = 10_000
 _CLAIM_ROUNDS = 3
@@ -152,35 +157,72 @@ class NatsIdempotencyStore:
             NatsStoreError: the server failed.
         """
         self._check_lease(lease)
+        return await self._retry("claim", self._claim, key, lease)
+
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        """Renew a held lease; ``False`` when ``token`` no longer owns it."""
+        self._check_lease(lease)
+        return await self._retry("extend", self._extend, key, token, lease)
+
+    async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
+        """Commit ``result`` (kept ``ttl`` s, at most the bucket TTL) if ``token`` owns the key.
+
+        Returns:
+            ``False`` if ``token`` is not the owner or another attempt committed first.
+        """
+        return await self._retry("complete", self._complete, key, token, result, ttl)
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the key up after a failed attempt (only if ``token`` still owns it)."""
+        await self._retry("release", self._release, key, token)
+
+    async def _retry(self, what: str, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``op``; once more after re-creating the buckets if one is gone.
+
+        A memory bucket (``lease_storage="memory"``) vanishes when nats-server restarts.
+        """
+        with translate_errors(what, store=True):
+            try:
+                return await op(*args)
+            except _MAYBE_GONE as exc:
+                if not _bucket_gone(exc):
+                    raise
+                logger.warning(
+                    "KV bucket gone (server restarted?): re-creating it", error=repr(exc)
+                )
+            self._leases = self._done = None
+            await self.connect()
+            return await op(*args)
+
+    async def _claim(self, key: str, lease: float) -> ClaimResult:
         leases, done = await self._buckets()
         k = _kv_key(key)
         token = uuid.uuid4().hex
         expires = time.time() + lease
         value = _enc.encode(_Lease(token, expires))
         held = _Held(token, 0, expires, lease)
-        with translate_errors("claim", store=True):
-            for _ in range(_CLAIM_ROUNDS):
-                try:
-                    revision = await leases.create(k, value)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    pass
-                else:
-                    return await self._acquired(k, held, revision)
-                stored = await _get_result(done, k)
-                if stored is not None:
-                    return Done(stored)
-                current = await _get(leases, k)
-                if current is None:
-                    continue  # deleted since our create: try again
-                entry_revision, holder = current
-                if holder.expires > time.time():
-                    return InProgress()
-                try:
-                    revision = await leases.update(k, value, last=entry_revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    return InProgress()
+        for _ in range(_CLAIM_ROUNDS):
+            try:
+                revision = await leases.create(k, value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            else:
                 return await self._acquired(k, held, revision)
-            return InProgress()
+            stored = await _get_result(done, k)
+            if stored is not None:
+                return Done(stored)
+            current = await _get(leases, k)
+            if current is None:
+                continue  # deleted since our create: try again
+            entry_revision, holder = current
+            if holder.expires > time.time():
+                return InProgress()
+            try:
+                revision = await leases.update(k, value, last=entry_revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return InProgress()
+            return await self._acquired(k, held, revision)
+        return InProgress()
 
     async def _acquired(self, k: str, held: _Held, revision: int) -> ClaimResult:
         # A finished attempt deletes its lease after committing, so a lease just won
@@ -193,52 +235,41 @@ class NatsIdempotencyStore:
         self._remember(k, msgspec.structs.replace(held, revision=revision))
         return Acquired(held.token)
 
-    async def extend(self, key: str, token: str, lease: float) -> bool:
-        """Renew a held lease; ``False`` when ``token`` no longer owns it."""
-        self._check_lease(lease)
+    async def _extend(self, key: str, token: str, lease: float) -> bool:
         leases = await self._lease_bucket()
         k = _kv_key(key)
-        with translate_errors("extend", store=True):
-            revision = await self._owned(leases, k, token)
-            if revision is None:
-                return False
-            expires = time.time() + lease
-            try:
-                new = await leases.update(k, _enc.encode(_Lease(token, expires)), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self._forget(k)
-                return False
-            self._remember(k, _Held(token, new, expires, lease))
-            return True
+        revision = await self._owned(leases, k, token)
+        if revision is None:
+            return False
+        expires = time.time() + lease
+        try:
+            new = await leases.update(k, _enc.encode(_Lease(token, expires)), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self._forget(k)
+            return False
+        self._remember(k, _Held(token, new, expires, lease))
+        return True
 
-    async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
-        """Commit ``result`` (kept ``ttl`` s, at most the bucket TTL) if ``token`` owns the key.
-
-        Returns:
-            ``False`` if ``token`` is not the owner or another attempt committed first.
-        """
+    async def _complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
         leases, done = await self._buckets()
         k = _kv_key(key)
-        with translate_errors("complete", store=True):
-            revision = await self._fence(leases, k, token)
-            if revision is None:
-                return False
-            committed = await _commit(done, k, _enc.encode(_Result(result, time.time() + ttl)))
-            self._forget(k)
-            await self._drop_lease(k, revision)
-            if not committed:
-                logger.error("idempotency result already committed by another attempt", key=key)
-            return committed
+        revision = await self._fence(leases, k, token)
+        if revision is None:
+            return False
+        committed = await _commit(done, k, _enc.encode(_Result(result, time.time() + ttl)))
+        self._forget(k)
+        await self._drop_lease(k, revision)
+        if not committed:
+            logger.error("idempotency result already committed by another attempt", key=key)
+        return committed
 
-    async def release(self, key: str, token: str) -> None:
-        """Give the key up after a failed attempt (only if ``token`` still owns it)."""
+    async def _release(self, key: str, token: str) -> None:
         leases = await self._lease_bucket()
         k = _kv_key(key)
-        with translate_errors("release", store=True):
-            revision = await self._owned(leases, k, token)
-            if revision is not None:
-                self._forget(k)
-                await _delete(leases, k, revision)
+        revision = await self._owned(leases, k, token)
+        if revision is not None:
+            self._forget(k)
+            await _delete(leases, k, revision)
 
     async def _drop_lease(self, k: str, revision: int) -> None:
         """Delete our lease record without waiting for the server's answer.
@@ -307,6 +338,22 @@ class NatsIdempotencyStore:
                 lease=lease,
                 lease_ttl=self.config.lease_ttl,
             )
+
+
+_MAYBE_GONE = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NotFoundError,
+)
+_STREAM_NOT_FOUND = 10059
+
+
+def _bucket_gone(exc: Exception) -> bool:
+    if isinstance(exc, nats.js.errors.KeyNotFoundError):
+        return False
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return exc.err_code == _STREAM_NOT_FOUND
+    return True
 
 
 async def _get(bucket: KeyValue, k: str) -> tuple[int, _Lease] | None:

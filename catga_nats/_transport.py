@@ -172,12 +172,14 @@ class NatsTransport:
             with translate_errors("publish"):
                 await self.client.publish(self.config.fire_subject(route), data)
             return
+        subject, headers = self.config.durable_subject(route), {_wire.MSG_ID: envelope.message_id}
         with translate_errors("publish"):
-            await js.publish(
-                self.config.durable_subject(route),
-                data,
-                headers={_wire.MSG_ID: envelope.message_id},
-            )
+            try:
+                await js.publish(subject, data, headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                # A memory stream vanishes when nats-server restarts: make it again, once.
+                await ensure_streams(js, self.config)
+                await js.publish(subject, data, headers=headers)
 
     async def publish_many(self, route: str, envelopes: Sequence[Envelope], *, qos: QoS) -> None:
         """Publish envelopes in order, at most ``max_in_flight`` unacknowledged at once.
@@ -345,7 +347,11 @@ class NatsTransport:
         config = self.config
 
         async def bind() -> tuple[str, str]:
-            return config.stream_name, await ensure_consumer(js, config, route, group)
+            try:
+                return config.stream_name, await ensure_consumer(js, config, route, group)
+            except nats.js.errors.NotFoundError:  # the stream is gone (memory storage)
+                await ensure_streams(js, config)
+                return config.stream_name, await ensure_consumer(js, config, route, group)
 
         return PullSubscription(
             route,

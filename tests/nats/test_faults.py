@@ -254,3 +254,44 @@ class TestConcurrentDuplicates:
                 await worker.stop()
             for close in closers:
                 await close()
+
+
+class TestMemoryStorageRestart:
+    async def test_memory_buckets_and_streams_come_back_after_a_restart(
+        self, own_nats_server: NatsServer
+    ) -> None:
+        """After kill -9, memory buckets and streams are re-created: claims and QoS 1 flow again."""
+        from catga.typing import Acquired
+
+        config = unique_config(own_nats_server.url, storage="memory", lease_storage="memory")
+        handled: list[str] = []
+
+        async def consume(delivery: Delivery) -> None:
+            handled.append(delivery.envelope.message_id)
+            await delivery.ack()
+
+        store = NatsIdempotencyStore(config)
+        try:
+            async with NatsTransport(config) as transport:
+                assert isinstance(await store.claim("k1", 30.0), Acquired)
+                await transport.subscribe("mem", consume, group="g", qos=QoS.AT_LEAST_ONCE)
+                await asyncio.to_thread(own_nats_server.restart)
+
+                async def claimed() -> bool:
+                    with contextlib.suppress(Exception):
+                        return isinstance(await store.claim("k2", 30.0), Acquired)
+                    return False
+
+                await eventually(claimed, timeout=20.0, what="claims work again")
+                sent = Envelope(message_id="after", message_type="t", body=b"x")
+
+                async def published() -> bool:
+                    with contextlib.suppress(TransportError):
+                        await transport.publish("mem", sent, qos=QoS.AT_LEAST_ONCE)
+                        return True
+                    return False
+
+                await eventually(published, timeout=20.0, what="publish works again")
+                await eventually(lambda: "after" in handled, timeout=20.0, what="consumed")
+        finally:
+            await store.aclose()
