@@ -148,8 +148,8 @@ def render_expectation(sections: dict[str, Section]) -> str:
     """The headline: per backend, catga at QoS 0/1/2 against the raw client and FastStream."""
     lines = [
         "| backend | QoS | primitive | catga msg/s | % of raw | raw msg/s | FastStream msg/s | "
-        "catga / FastStream | catga p50 ms |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "catga / FastStream | catga p50 ms | catga received/sent (worst round) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     notes = []
     for name in ("redis", "nats"):
@@ -171,7 +171,8 @@ def render_expectation(sections: dict[str, Section]) -> str:
                 f"{_fmt(raw['msgs_per_s'] if raw else None)} | "
                 f"{_fmt(peer['msgs_per_s'] if peer else None)} | "
                 f"{_fmt(r['x_faststream'], '.2f', 'x')} | "
-                f"{_fmt(lat['p50_ms'] if lat else None, '.3f')} |"
+                f"{_fmt(lat['p50_ms'] if lat else None, '.3f')} | "
+                f"{r['received']:,}/{r['sent']:,} |"
             )
         rates = {r["qos"]: r["msgs_per_s"] for r in catga}
         if {0, 1, 2} <= rates.keys():
