@@ -78,7 +78,7 @@ class IdempotencyBehavior:
             result = await next(message, ctx)
             encoded = self.serializer.encode(result)
             if not await self.store.complete(key, token, encoded, self.options.retention):
-                logger.error("idempotency lease lost before commit", key=key)
+                result = await self._after_refused_commit(key)
         except BaseException as exc:
             await self.store.release(key, token)
             # A cancelled caller must not cancel its duplicates: they claim again.
@@ -89,6 +89,21 @@ class IdempotencyBehavior:
             self.keeper.drop(key)
         _settle(self._running.pop(key), result=result)
         return result
+
+    async def _after_refused_commit(self, key: str) -> Any:
+        """Our lease was lost before the commit: the id's result is another attempt's.
+
+        Return that result if it is stored; otherwise raise :class:`InProgressError`,
+        so a worker does not ack (the redelivery is answered from the store) and an
+        in-process caller is not told the effect was committed.
+        """
+        logger.error("idempotency commit refused: lease lost", key=key)
+        claim = await self.store.claim(key, self.options.lease)
+        if type(claim) is Done:
+            return self.serializer.decode(claim.result, self.result_type)
+        if type(claim) is Acquired:
+            await self.store.release(key, claim.token)
+        raise InProgressError(key)
 
     async def _join(self, key: str, message: Any, ctx: Any, next: Next) -> Any:
         """Wait for the attempt running in this process and share its outcome."""

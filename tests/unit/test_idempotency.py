@@ -184,8 +184,8 @@ class TestLeaseKeeper:
         assert warnings[0]["log_level"] == "warning"
         assert "store unreachable" in warnings[0]["error"]
 
-    async def test_lost_lease_is_logged(self) -> None:
-        """When another attempt takes the key over, the first logs the lost lease and commit."""
+    async def test_lost_lease_is_logged_and_the_committed_result_wins(self) -> None:
+        """When another attempt takes the key over, the first logs it and returns its result."""
         now = [0.0]
         store = RecordingStore(clock=lambda: now[0])
         gate = asyncio.Event()
@@ -203,10 +203,28 @@ class TestLeaseKeeper:
                 assert await there.send(command) == "7G booked by second"
                 await wait_for(store.renewal_refused)
                 gate.set()
-                assert await running == "7G booked by first"
+                assert await running == "7G booked by second"
         events = [e["event"] for e in logs if e["log_level"] == "error"]
         assert "idempotency lease lost while the handler runs" in events
-        assert "idempotency lease lost before commit" in events
+        assert "idempotency commit refused: lease lost" in events
+
+    async def test_refused_commit_without_a_stored_result_is_in_progress(self) -> None:
+        """A lost lease with no committed result raises InProgressError, never success."""
+        now = [0.0]
+        store = RecordingStore(clock=lambda: now[0])
+        gate = asyncio.Event()
+        first = Booking("first", gate=gate)
+        command = Book(seat="7H", message_id=uid())
+        async with Mediator(HandlerRegistry(first), store=store, options=options()) as here:
+            running = asyncio.create_task(here.send(command))
+            await wait_for(first.started)
+            now[0] += 600.0  # our lease runs out and another attempt takes the key...
+            other = await store.claim(f"Book:{command.message_id}", 60.0)
+            now[0] += 120.0  # ... whose lease runs out as well: nothing is stored
+            gate.set()
+            with pytest.raises(InProgressError):
+                await running
+        assert isinstance(other, Acquired)
 
     async def test_aclose_stops_the_renewal_task(self) -> None:
         """After aclose no lease-keeper task is left running."""
