@@ -72,10 +72,11 @@ class NatsConfig:
             subscription waits for the pull in progress, so up to this long.
         publish_timeout: seconds to wait for a PubAck.
         max_in_flight: unacknowledged publishes at once in ``publish_many``.
-        lease_storage: storage of the lease bucket. ``"memory"`` (default) makes claims
-            cheaper; a server restart then forgets running leases, so a duplicate may
-            start while the first attempt still runs. Results are kept in ``storage``
-            and committed once either way.
+        lease_storage: storage of the lease bucket. ``"file"`` (default) keeps running
+            leases across a server restart. ``"memory"`` makes claims cheaper, but a
+            restart then forgets running leases, so a duplicate may start (and repeat
+            a side effect) while the first attempt still runs. Results are kept in
+            ``storage`` and committed once either way.
         lease_bucket: KV bucket of QoS 2 leases (default: ``{stream}_leases``).
         done_bucket: KV bucket of QoS 2 results (default: ``{stream}_done``).
         lease_ttl: the lease bucket's TTL, the hard upper bound of one lease (per-key
@@ -110,7 +111,7 @@ class NatsConfig:
         default=256, validator=[validators.instance_of(int), validators.ge(1)]
     )
     lease_storage: Literal["file", "memory"] = field(
-        default="memory", validator=validators.in_(("file", "memory"))
+        default="file", validator=validators.in_(("file", "memory"))
     )
     lease_bucket: str = field(default="", validator=validators.instance_of(str))
     done_bucket: str = field(default="", validator=validators.instance_of(str))
