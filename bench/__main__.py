@@ -250,6 +250,34 @@ def render(
     return "\n".join(head + body + how) + "\n"
 
 
+README = Path(__file__).resolve().parent / "README.md"
+MARKS = ("<!-- key-ratios -->", "<!-- /key-ratios -->")
+
+
+def update_readme(
+    sections: dict[str, Section], env: dict[str, Any], targets: list[dict[str, Any]], total: float
+) -> None:
+    """Put the run's headline table and targets between the README's key-ratio marks."""
+    if not README.exists():
+        return
+    text = README.read_text()
+    start, end = text.find(MARKS[0]), text.find(MARKS[1])
+    if start < 0 or end < 0:
+        return
+    machine = env["machine"]
+    block = [
+        MARKS[0],
+        f"Command `{env['command']}`, {env['date']}, Python {env['python']}, "
+        f"{machine['cpus']} cores, load average at start {machine['loadavg_at_start']}, "
+        f"{total / 60:.0f} minutes.",
+        "",
+        render_expectation(sections),
+        "",
+        render_targets(targets),
+    ]
+    README.write_text(text[:start] + "\n".join(block) + "\n" + text[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -314,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     md = RESULTS / ("latest.md" if complete else f"latest-{'+'.join(names)}.md")
     md.write_text(markdown)
+    if complete:
+        update_readme(sections, env, targets, total)
     progress(f"wrote {', '.join([str(path.relative_to(RESULTS.parent.parent)), md.name, *charts])}")
     return 0
 
