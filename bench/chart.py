@@ -29,7 +29,8 @@ def _throughput(sections: dict[str, Any], path: Path) -> None:
     for ax, backend in zip(axes[0], backends, strict=True):
         rows = [r for r in sections[backend].rows if r["case"] == "throughput"]
         by_key = {r.get("key"): r for r in rows}
-        catga = sorted((r for r in rows if r["impl"] == "catga"), key=lambda r: r["qos"])
+        headline = ("catga-qos0", "catga-qos1", "catga-qos2")  # batch publish
+        catga = sorted((r for r in rows if r.get("key") in headline), key=lambda r: r["qos"])
         width = 0.26
         for i, row in enumerate(catga):
             raw = by_key.get(row.get("pct_of_raw_vs"))

@@ -185,6 +185,21 @@ def _faststream_latency(backend: str, fs_case: str, url: str, n: int, primitive:
     )  # fmt: skip
 
 
+def _catga_single_case(backend: str, url: str, n: int, primitive: str, **meta: Any) -> Case:
+    """catga QoS 1, one awaited ``publish`` at a time (``bench/growth.py``'s roles)."""
+    from . import growth
+
+    def run() -> dict[str, Any]:
+        got = growth._run(backend, url, n, 1, None, qos=1, single=True)
+        return {"rate": got["msgs_per_s"], "received": got["received"], "sent": n}
+
+    return {
+        "key": "catga-qos1-single", "impl": "catga", "qos": 1, "primitive": primitive,
+        "publish": "one awaited publish at a time", "run": run,
+        "note": "publish per message (bench/growth.py roles) -> Worker", **meta,
+    }  # fmt: skip
+
+
 # Redis ------------------------------------------------------------------------------------
 
 
@@ -218,6 +233,8 @@ def redis_section(quick: bool, url: str) -> Section:
         redis_case("catga-qos2", labels[("catga", 2, False)], impl="catga", qos=2,
                    primitive="stream", publish="publish_many", raw=raw_key,
                    peer="faststream-redis-stream-batch"),
+        _catga_single_case("redis", url, n, "stream", raw="raw-sequential",
+                           peer="faststream-redis-stream-single"),
         _faststream_case("redis-pubsub", url, n, "batch", "pub/sub", None),
         _faststream_case("redis-stream", url, n, "batch", "stream", raw_key),
         _faststream_case("redis-stream", url, n, "single", "stream", "raw-sequential"),
@@ -275,6 +292,7 @@ def nats_section(quick: bool, url: str) -> Section:
         nats_case("catga-qos2", small, impl="catga", qos=2, primitive="jetstream",
                   publish="publish_many", raw="raw-js", peer="faststream-nats-js-batch",
                   note="Worker, pull consumer + KV idempotency store"),
+        _catga_single_case("nats", url, small, "jetstream", peer="faststream-nats-js-single"),
         _faststream_case("nats-core", url, big, "batch", "core", "raw-core"),
         _faststream_case("nats-js", url, small, "batch", "jetstream", "raw-js"),
         _faststream_case("nats-js", url, small, "single", "jetstream", None),

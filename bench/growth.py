@@ -169,9 +169,10 @@ async def consume(backend: str, url: str, prefix: str, qos: int, expect: int) ->
 
 
 async def produce(
-    backend: str, url: str, prefix: str, qos: int, n: int, rate: float | None
+    backend: str, url: str, prefix: str, qos: int, n: int, rate: float | None, single: bool = False
 ) -> dict[str, Any]:
-    """Send ``n`` messages: as fast as possible in batches, or on a schedule at ``rate``/s."""
+    """Send ``n`` messages: as fast as possible (in batches, or one awaited ``publish`` at a
+    time with ``single``), or on a schedule at ``rate``/s."""
     kind = TYPES[qos]
     registry = HandlerRegistry()
     registry.add_types(Grow0, Grow1, Grow2)
@@ -179,7 +180,10 @@ async def produce(
     async with transport:
         mediator = Mediator(registry, options=CatgaOptions(routes=ROUTES), transport=transport)
         start = time.time()
-        if rate is None:
+        if single:
+            for i in range(n):
+                await mediator.publish(kind(n=i, sent=time.time()))  # type: ignore[call-arg]
+        elif rate is None:
             for first in range(0, n, BATCH):
                 now = time.time()
                 await mediator.publish_many(
@@ -278,13 +282,21 @@ def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def _run(
-    backend: str, url: str, n: int, consumers: int, rate: float | None, qos: int = 1
+    backend: str,
+    url: str,
+    n: int,
+    consumers: int,
+    rate: float | None,
+    qos: int = 1,
+    single: bool = False,
 ) -> dict[str, Any]:
     prefix = f"g{uuid.uuid4().hex[:8]}"
     procs = [_start(_args("consumer", backend, url, prefix, qos, n)) for _ in range(consumers)]
     producer = _args("producer", backend, url, prefix, qos, n)
     if rate is not None:
         producer += ["--rate", str(rate)]
+    if single:
+        producer += ["--single"]
     sent = json.loads(
         subprocess.run(producer, capture_output=True, cwd=ROOT, text=True, check=True, timeout=600)
         .stdout.strip()
@@ -426,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qos", type=int, default=1)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--rate", type=float)
+    parser.add_argument("--single", action="store_true")
     args = parser.parse_args(argv)
     import structlog
 
@@ -434,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(consume(args.backend, args.url, args.prefix, args.qos, args.n))
     elif args.role == "producer":
         report = asyncio.run(
-            produce(args.backend, args.url, args.prefix, args.qos, args.n, args.rate)
+            produce(args.backend, args.url, args.prefix, args.qos, args.n, args.rate, args.single)
         )
     else:
         report = asyncio.run(hold(args.backend, args.url, args.prefix, args.n))
