@@ -416,15 +416,13 @@ def render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["case"] != "memory":
             continue
-        per = (
-            (r["rss_in_flight_mib"] - r["rss_worker_started_mib"])
-            * 1024
-            / max(r["max_in_flight"], 1)
-        )
+        held = r["max_in_flight"] >= r["in_flight"]
+        growth_kib = (r["rss_in_flight_mib"] - r["rss_worker_started_mib"]) * 1024
+        per = f"{growth_kib / r['max_in_flight']:.1f}" if held else "- (not all held)"
         lines.append(
             f"| {r['backend']} | {r['rss_before_worker_mib']} | {r['rss_worker_started_mib']} | "
             f"{r['rss_in_flight_mib']} | {r['peak_rss_mib']} | {r['max_in_flight']:,} | "
-            f"{per:.1f} | {r['drain_s']} |"
+            f"{per} | {r['drain_s']} |"
         )
     return "\n".join(lines)
 
