@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 import uuid
 from collections import Counter
 from typing import Any
@@ -142,6 +143,26 @@ def registry(ledger: Writer, plan: Plan) -> HandlerRegistry:
     return HandlerRegistry(item_q0, item_q1, item_q2)
 
 
+def dump_tasks() -> None:
+    """SIGUSR2: print where every asyncio task waits (the harness asks when a run is stuck)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", flush=True)
+        awaitable: Any = task.get_coro()
+        for _ in range(40):  # follow the chain of awaits down to the innermost wait
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(
+                awaitable, "gi_yieldfrom", None
+            )
+            if awaitable is None:
+                break
+            if not (hasattr(awaitable, "cr_frame") or hasattr(awaitable, "gi_frame")):
+                print(f"  waits on {awaitable!r}"[:300])
+                break
+    sys.stdout.flush()
+
+
 async def main(args: argparse.Namespace) -> None:
     ledger = Writer(args.ledger, args.name, os.getpid())
     plan = Plan(args.plan, ledger)
@@ -160,7 +181,9 @@ async def main(args: argparse.Namespace) -> None:
         busy_delay=app.BUSY_DELAY,
     )
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
     await worker.start()
     ledger.proc("ready")
 

@@ -490,6 +490,9 @@ def _run(r: Run, deadline: float) -> None:
     last_probe = 0.0
     seen, seen_at = -1, time.monotonic()
     while time.monotonic() < end:
+        for consumer in r.consumers:  # restart the dead first: a fault always finds a victim
+            if consumer.proc is not None and consumer.proc.poll() is not None:
+                r.start_consumer(consumer)
         progress = reader.acked_count() / total
         while schedule and schedule[0][0] <= progress:
             _, fault = schedule.pop(0)
@@ -512,9 +515,6 @@ def _run(r: Run, deadline: float) -> None:
                 )
                 r.tags.extend(tags)
         _handle_stops(r, reader)
-        for consumer in r.consumers:
-            if consumer.proc is not None and consumer.proc.poll() is not None:
-                r.start_consumer(consumer)
         producer_done = r.producer.poll() is not None
         if producer_done and not schedule and time.monotonic() - last_probe > 0.5:
             last_probe = time.monotonic()
@@ -621,6 +621,10 @@ def _drained(r: Run, reader: Reader, routes: list[str]) -> bool:
 
 def _finish(r: Run, reader: Reader, routes: list[str]) -> None:
     res = r.result
+    if not res.drained:  # stuck: ask each consumer for its tasks' stacks (in its log)
+        for consumer in r.consumers:
+            if consumer.alive and consumer.stopped_at is None:
+                os.kill(consumer.pid, signal.SIGUSR2)
     res.consumers_expected = len(r.consumers)
     res.consumers_alive = sum(1 for c in r.consumers if c.alive and c.stopped_at is None)
     for consumer in r.consumers:  # graceful stop: in-flight work finishes and is acked
@@ -632,7 +636,7 @@ def _finish(r: Run, reader: Reader, routes: list[str]) -> None:
     for consumer in r.consumers:
         if consumer.proc is not None:
             try:
-                consumer.proc.wait(30)
+                consumer.proc.wait(15)
             except subprocess.TimeoutExpired:
                 res.notes.append(f"consumer {consumer.name} did not stop on SIGTERM")
     res.self_kills = reader.count_events("dying")

@@ -20,20 +20,66 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 COUNT = 500  # messages per QoS level per run (x3 levels)
 RATE = 400.0  # messages per second in all, so faults land while publishing
 
-BUGS = {
+# (scenario, backend) -> the bug that makes it fail; a strict xfail until it is fixed.
+BUGS: dict[tuple[str, str], str] = {}
+
+# Bugs this suite found that are fixed now: (scenario, backend) -> (bug, fixing commit).
+FIXED = {
     ("broker-restart", "nats"): (
-        "BUG catga_nats: after nats-server restarts, the memory lease bucket (the default "
-        "lease_storage='memory') is gone and NatsIdempotencyStore never re-creates it: "
-        "every QoS 2 claim fails with NoStreamResponseError, so no QoS 2 message is "
-        "handled again until the consumer process restarts"
+        "after nats-server restarted, the memory lease bucket (then the default) was gone "
+        "and NatsIdempotencyStore never re-created it: every QoS 2 claim failed with "
+        "NoStreamResponseError until the consumer process restarted",
+        "e0cc322 (re-create vanished buckets), 952e108 (file lease bucket by default)",
     ),
     ("stale-lease", "redis"): (
-        "BUG catga core (IdempotencyBehavior) + catga_redis: a delivery whose lease "
-        "expired before complete() (the key expired, nobody took over) gets its commit "
-        "refused, yet the behaviour returns the result and the worker acks: the message "
-        "is gone with no committed result"
+        "a delivery whose lease expired before complete() (key expired, nobody took over) "
+        "had its commit refused, yet IdempotencyBehavior returned the result and the worker "
+        "acked: the message was gone with no committed result (also in process: duplicates "
+        "that joined the attempt got the same uncommitted success)",
+        "6533bf3 (a refused commit never reports success)",
     ),
 }
+
+# The faults each scenario must actually have fired (a run without them proves nothing).
+FIRED = {
+    "consumer-kill": lambda r: r.self_kills >= 3 and r.external_kills == 3,
+    "broker-restart": lambda r: r.broker_restarts == 2,
+    "broker-restart-memory-leases": lambda r: r.broker_restarts == 2,
+    "network": lambda r: r.cuts == 3 and r.stalls == 2,
+    "sigstop": lambda r: r.sigstops >= 1 and r.stale_refused >= 1,
+    "stale-lease": lambda r: r.sigstops == 1,
+    "garbage": lambda r: r.bad_injected >= 18,
+    "mixed": lambda r: (
+        r.self_kills >= 1
+        and r.external_kills == 2
+        and r.broker_restarts == 1
+        and r.cuts == 2
+        and r.stalls == 1
+        and r.sigstops == 1
+        and r.bad_injected >= 12
+    ),
+}
+
+ORPHANED_JOIN = (
+    "known core bug, intermittent here (strict xfail in test_model.py): complete() and "
+    "release() both failed while the broker was down, a duplicate in the same process "
+    "joined the attempt and waits forever, so the message is never handled and the "
+    "consumer does not stop on SIGTERM"
+)
+
+
+def orphaned_join(result: harness.RunResult) -> bool:
+    """Whether a failed run shows exactly the signature of the orphaned-join bug."""
+    levels = {level.qos: level for level in result.levels}
+    return (
+        any("did not stop on SIGTERM" in note for note in result.notes)
+        and levels[1].lost == 0
+        and levels[2].duplicates == 0
+        and all(level.invented == 0 for level in result.levels)
+        and result.bad_in_dlq == result.bad_injected
+        and result.broker_restarts > 0
+    )
+
 
 CASES = [
     pytest.param(
@@ -51,13 +97,16 @@ CASES = [
     )
     for name in SCENARIOS
     for backend in ("redis", "nats")
-    if not (name == "broker-restart-file-leases" and backend == "redis")
+    if not (name == "broker-restart-memory-leases" and backend == "redis")
 ]
 
 
 @pytest.mark.parametrize(("name", "backend"), CASES)
 def test_scenario(name: str, backend: str, tmp_path: Path) -> None:
     result = harness.run(SCENARIOS[name], backend, tmp_path, count=COUNT, rate=RATE)
+    assert FIRED[name](result), f"the faults did not all fire: {result}"
+    if not result.ok and orphaned_join(result):
+        pytest.xfail(ORPHANED_JOIN)
     levels = {level.qos: level for level in result.levels}
     # QoS 0: nothing invented (loss is allowed and reported).
     assert levels[0].invented == 0
