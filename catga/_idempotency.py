@@ -80,15 +80,22 @@ class IdempotencyBehavior:
             if not await self.store.complete(key, token, encoded, self.options.retention):
                 result = await self._after_refused_commit(key)
         except BaseException as exc:
-            await self.store.release(key, token)
-            # A cancelled caller must not cancel its duplicates: they claim again.
+            # Duplicates first: nothing below may leave them waiting. A cancelled caller
+            # must not cancel its duplicates: they claim again.
             outcome = _OwnerCancelledError() if isinstance(exc, asyncio.CancelledError) else exc
             _settle(self._running.pop(key), exc=outcome)
+            await self._release(key, token)
             raise
         finally:
             self.keeper.drop(key)
         _settle(self._running.pop(key), result=result)
         return result
+
+    async def _release(self, key: str, token: str) -> None:
+        try:
+            await self.store.release(key, token)
+        except Exception as exc:  # noqa: BLE001 - the attempt's own error is the one to raise
+            logger.warning("release failed; the lease will expire", key=key, error=repr(exc))
 
     async def _after_refused_commit(self, key: str) -> Any:
         """Our lease was lost before the commit: the id's result is another attempt's.

@@ -44,7 +44,7 @@ from catga import (
     QoS,
     handles,
 )
-from catga.exceptions import StoreError
+from catga.exceptions import InProgressError, StoreError
 from catga.typing import ClaimResult, Envelope
 
 pytestmark = pytest.mark.faults
@@ -361,17 +361,6 @@ class OutageStore(CountingStore):
         await super().release(key, token)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG catga core (IdempotencyBehavior._run): when complete() and then release() both "
-        "raise (the store is unreachable), the release error skips _settle(): the key stays "
-        "in _running and every duplicate of the id in this process joins a future that is "
-        "never resolved. Found by broker-restart/redis at 100k messages: the joined "
-        "delivery is kept alive by the worker's keepalive, never reclaimed, never handled, "
-        "and Worker.stop() hangs"
-    ),
-)
 async def test_an_attempt_whose_release_failed_does_not_orphan_its_duplicates() -> None:
     store = OutageStore(InMemoryIdempotencyStore())
     gate = asyncio.Event()
@@ -399,10 +388,11 @@ async def test_an_attempt_whose_release_failed_does_not_orphan_its_duplicates() 
         await asyncio.sleep(0)
     try:
         assert duplicate.done(), "the duplicate still waits for an attempt that has ended"
-        # And the id is not poisoned in this process: a later delivery runs and commits.
-        entered.clear()
-        assert await mediator.dispatch_delivered(message, Delivery("x")) is None  # type: ignore[arg-type]
-        assert store.commits == {"x": 1}
+        # The lease could not be released, so the store holds it until it expires: a
+        # later delivery is deferred (the worker nacks it), not joined to a dead attempt.
+        with pytest.raises(InProgressError):
+            await mediator.dispatch_delivered(message, Delivery("x"))  # type: ignore[arg-type]
+        assert store.commits == {}
     finally:
         duplicate.cancel()
         await mediator.aclose()
