@@ -639,6 +639,17 @@ def _finish(r: Run, reader: Reader, routes: list[str]) -> None:
                 consumer.proc.wait(15)
             except subprocess.TimeoutExpired:
                 res.notes.append(f"consumer {consumer.name} did not stop on SIGTERM")
+                log = r.workdir / f"{consumer.name}.log"
+                dumps = log.read_text(errors="replace").count("--- task")
+                os.kill(consumer.pid, signal.SIGUSR2)  # where it hangs, into its log
+                with contextlib.suppress(TimeoutError):
+                    wait_until(
+                        lambda log=log, n=dumps: (
+                            log.read_text(errors="replace").count("--- task") > n
+                        ),
+                        5.0,
+                        "task dump",
+                    )
     res.self_kills = reader.count_events("dying")
     # Stale commits: a SIGSTOPped attempt whose message another attempt committed.
     commits = reader.commits()
