@@ -148,6 +148,7 @@ class RunResult:
             and self.stale_committed == 0
             and self.producer_rc == 0
             and self.drained
+            and not any("did not stop" in note for note in self.notes)
         )
 
     def failures(self) -> list[str]:
@@ -223,7 +224,7 @@ class Run:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.reader: Reader | None = None
         self.result = RunResult(scenario.name, backend, count, [])
-        self.stop_pids: dict[int, str] = {}
+        self.stops: set[tuple[int, str]] = set()  # (pid, message id) SIGCONTed
         self.tags: list[str] = []
 
     def _scale(self, plan: str) -> list[str]:
@@ -568,7 +569,7 @@ def qos_of(message_id: str) -> int:
 def _handle_stops(r: Run, reader: Reader) -> None:
     """SIGCONT a self-stopped consumer once its message was done by another (or after 60 s)."""
     for mid, _, name, pid in reader.event_rows("stopped"):
-        if pid in r.stop_pids:
+        if (pid, mid) in r.stops:
             continue
         consumer = next((c for c in r.consumers if c.name == name and c.alive), None)
         if consumer is None or consumer.pid != pid:
@@ -585,7 +586,7 @@ def _handle_stops(r: Run, reader: Reader) -> None:
             if not taken_over and others:
                 r.result.notes.append(f"{mid}: nobody took over from the stopped consumer")
             os.kill(pid, signal.SIGCONT)
-            r.stop_pids[pid] = mid
+            r.stops.add((pid, mid))
             consumer.stopped_at = None
 
 
@@ -607,7 +608,7 @@ def _drained(r: Run, reader: Reader, routes: list[str]) -> bool:
         if not reader.acked(q) <= done:
             return False
     # The stale attempts of SIGCONTed consumers must have got to their end too.
-    if not all(_stale_settled(r, reader, pid, mid) for pid, mid in r.stop_pids.items()):
+    if not all(_stale_settled(r, reader, pid, mid) for pid, mid in r.stops):
         return False
     try:
         if r.backend == "redis":
@@ -653,7 +654,7 @@ def _finish(r: Run, reader: Reader, routes: list[str]) -> None:
     res.self_kills = reader.count_events("dying")
     # Stale commits: a SIGSTOPped attempt whose message another attempt committed.
     commits = reader.commits()
-    for pid, mid in r.stop_pids.items():
+    for pid, mid in sorted(r.stops):
         if qos_of(mid) != 2:
             continue
         if reader.count_for(mid, ("commit_ok",), pid, same=True) and len(commits[mid]) > 1:
