@@ -26,6 +26,7 @@ from catga.exceptions import (
     DeadLetterError,
     NotConnectedError,
     RequestTimeoutError,
+    TransportError,
 )
 from catga.typing import DeadLetter, DeliveryHandler, Envelope, Subscription
 
@@ -244,6 +245,11 @@ class RedisTransport:
                 return await future
         except TimeoutError:
             raise RequestTimeoutError(envelope.message_id, timeout) from None
+        except TransportError as exc:
+            if self._closing or self.state is TransportState.CLOSED:
+                # aclose() cut the connection under the XADD: say so, not "Redis failed".
+                raise NotConnectedError("RedisTransport closed while a request waited") from exc
+            raise
         finally:
             waiters.remove(future)
             if not waiters:
