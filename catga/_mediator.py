@@ -353,6 +353,14 @@ async def _run_all(
     event: Message, plan: Plan, chains: Chains, level: QoS, delivery: Delivery | None
 ) -> None:
     """Run every handler chain of an event concurrently; raise once all have finished."""
+    if len(chains) == 1:  # the common case, without the bookkeeping below
+        chain, handler = chains[0]
+        try:
+            await chain(event, Context(plan.message_type, handler, level, delivery))
+        except Exception as exc:
+            _raise_busy(exc, delivery)
+            raise PublishError(event.message_id, ((handler.name, exc),)) from exc
+        return
     runs = [chain(event, Context(plan.message_type, h, level, delivery)) for chain, h in chains]
     outcomes = await _settle_all(runs)
     errors = tuple((h.name, e) for (_, h), e in zip(chains, outcomes, strict=True) if e is not None)
