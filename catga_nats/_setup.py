@@ -124,8 +124,13 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
         try:
             info = await js.stream_info(wanted.name)
         except nats.js.errors.NotFoundError:
-            await js.add_stream(wanted)
-            continue
+            try:
+                await js.add_stream(wanted)
+                continue
+            except nats.js.errors.BadRequestError:
+                # Another process created it between our lookup and our add (seen with
+                # consumers starting together): check the one that won instead.
+                info = await js.stream_info(wanted.name)
         _check(
             f"stream {wanted.name!r}",
             info.config,
